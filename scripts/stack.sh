@@ -1,0 +1,481 @@
+#!/usr/bin/env bash
+# scripts/stack.sh: the local stack without Docker. Installs what is missing and runs PostgreSQL 15,
+# Redis 7, a single-node Kafka 4.1.1 (KRaft), the Spark consumer, the replay server, the producer
+# and Airflow 3.3.2 as plain local processes. Settings come from .env (created from .env.example);
+# data, logs and pid files live under .local/. The Makefile's verbs call this script.
+#
+#   scripts/stack.sh services   PostgreSQL + Redis + Kafka (+ topics), what the tests need
+#   scripts/stack.sh demo       services + consumer + replay server on the bundled recording + producer + Airflow
+#   scripts/stack.sh up         same, producer on live Binance (BINANCE_WS_URL overrides)
+#   scripts/stack.sh down       stop everything, keep data        scripts/stack.sh clean   also remove data
+#   scripts/stack.sh status     what runs, consumer lag, rows today, last price per symbol
+#   scripts/stack.sh logs       tail the logs                     scripts/stack.sh install  install only
+#   scripts/stack.sh replay FILE SPEED    replay a recording into the running stack
+set -Eeuo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LOCAL="$ROOT/.local"
+RUN="$LOCAL/run"
+LOGS="$LOCAL/logs"
+JARS="$LOCAL/jars"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
+MIN_FREE_MB="${STACK_MIN_FREE_MB:-2048}"
+WAIT_SECONDS="${STACK_WAIT_SECONDS:-90}"
+
+# ----------------------------------------------------------------------------- output helpers
+log() { printf '[stack %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { printf 'stack: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ----------------------------------------------------------------------------- settings
+load_env() {
+    if [[ ! -f "$ROOT/.env" ]]; then
+        if [[ -f "$ROOT/.env.example" ]]; then
+            cp "$ROOT/.env.example" "$ROOT/.env"
+            log "created .env from .env.example"
+        else
+            # No .env.example yet: a minimal .env with the documented defaults and a random password.
+            {
+                echo "# created by scripts/stack.sh (no .env.example found); defaults from docs/architecture.md"
+                echo "POSTGRES_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 20)"
+            } >"$ROOT/.env"
+            log "created .env with defaults (no .env.example found)"
+        fi
+    fi
+    # Keep values already in the environment: a user's export wins over .env.
+    local line key
+    while IFS= read -r line || [[ -n "$line" ]]; do
+        line="${line%$'\r'}"
+        [[ "$line" =~ ^[[:space:]]*# || ! "$line" =~ ^[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)= ]] && continue
+        key="${BASH_REMATCH[1]}"
+        if [[ -z "${!key+x}" ]]; then
+            local value="${line#*=}"
+            value="${value%%[[:space:]]#*}"                       # trailing comment
+            value="${value#\"}"; value="${value%\"}"; value="${value#\'}"; value="${value%\'}"
+            export "$key=$value"
+        fi
+    done <"$ROOT/.env"
+
+    export POSTGRES_HOST="${POSTGRES_HOST:-127.0.0.1}" POSTGRES_PORT="${POSTGRES_PORT:-5432}"
+    export POSTGRES_DB="${POSTGRES_DB:-crypto}" POSTGRES_USER="${POSTGRES_USER:-pipeline}"
+    if [[ -z "${POSTGRES_PASSWORD:-}" ]]; then
+        die "POSTGRES_PASSWORD is empty; set it in $ROOT/.env (any non-empty value)"
+    fi
+    export REDIS_HOST="${REDIS_HOST:-127.0.0.1}" REDIS_PORT="${REDIS_PORT:-6379}" REDIS_DB="${REDIS_DB:-0}"
+    export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}"
+    KAFKA_PORT="${KAFKA_PORT:-${KAFKA_BOOTSTRAP_SERVERS##*:}}"
+    KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+    export KAFKA_TOPIC_PRICES="${KAFKA_TOPIC_PRICES:-binance.prices}"
+    export KAFKA_TOPIC_DLQ="${KAFKA_TOPIC_DLQ:-binance.prices.dlq}"
+    export KAFKA_TOPIC_GAPS="${KAFKA_TOPIC_GAPS:-binance.gaps}"
+    export KAFKA_TOPIC_PARTITIONS="${KAFKA_TOPIC_PARTITIONS:-6}"
+    export BINANCE_SYMBOLS="${BINANCE_SYMBOLS:-BTCUSDT,ETHUSDT,BNBUSDT}"
+    export SPARK_MASTER="${SPARK_MASTER:-local[*]}"
+    export SPARK_CHECKPOINT_DIR="${SPARK_CHECKPOINT_DIR:-$LOCAL/checkpoints/consumer}"
+    export REPLAY_HOST="${REPLAY_HOST:-127.0.0.1}" REPLAY_PORT="${REPLAY_PORT:-9443}"
+    export PRODUCER_METRICS_PORT="${PRODUCER_METRICS_PORT:-9108}"
+    export CONSUMER_METRICS_PORT="${CONSUMER_METRICS_PORT:-9109}"
+    export AIRFLOW_PORT="${AIRFLOW_PORT:-8080}"
+    export AIRFLOW_ADMIN_USER="${AIRFLOW_ADMIN_USER:-admin}"
+    export AIRFLOW_ADMIN_PASSWORD="${AIRFLOW_ADMIN_PASSWORD:-$POSTGRES_PASSWORD}"
+    export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}"
+    # The Kafka connector jars for spark.jars, comma-separated (the consumer reads SPARK_JARS).
+    if [[ -d "$JARS/spark" ]]; then
+        SPARK_JARS="${SPARK_JARS:-$(find "$JARS/spark" -name '*.jar' | sort | paste -sd, -)}"
+        export SPARK_JARS
+    fi
+}
+
+# ----------------------------------------------------------------------------- prerequisites
+is_root() { [[ "$(id -u)" == 0 ]]; }
+
+check_disk() {
+    mkdir -p "$LOCAL"
+    local free_mb
+    free_mb="$(df -Pm "$LOCAL" | awk 'NR==2 {print $4}')"
+    if ((free_mb < MIN_FREE_MB)); then
+        die "not enough disk: ${free_mb} MB free under $LOCAL, need ${MIN_FREE_MB} MB; free space or set STACK_MIN_FREE_MB"
+    fi
+}
+
+apt_install() {
+    # Installs Debian packages without letting their maintainer scripts start services on our ports.
+    is_root || die "missing Debian packages: $*; install them with: sudo apt-get install -y $*"
+    log "apt-get install $*"
+    mkdir -p /etc/postgresql-common
+    # Debian's postgresql package would otherwise create and start a 'main' cluster on 5432.
+    [[ -f /etc/postgresql-common/createcluster.conf ]] || echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
+    local policy=/usr/sbin/policy-rc.d created_policy=0
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; created_policy=1
+    fi
+    local rc=0
+    if ! find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' | grep -q .; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq || rc=$?
+    fi
+    if ((rc == 0)); then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >"$LOGS/apt.log" 2>&1 || {
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq >>"$LOGS/apt.log" 2>&1 &&
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >>"$LOGS/apt.log" 2>&1
+        } || rc=$?
+    fi
+    ((created_policy)) && rm -f "$policy"
+    ((rc == 0)) || die "apt-get could not install $* (registry unreachable?); see $LOGS/apt.log, check the network/apt proxy and rerun"
+}
+
+ensure_java() {
+    if ! command -v java >/dev/null 2>&1; then
+        if is_root; then apt_install openjdk-17-jdk-headless; else
+            die "no Java found; install OpenJDK 17: sudo apt-get install -y openjdk-17-jdk-headless"
+        fi
+    fi
+    command -v java >/dev/null 2>&1 || die "no Java found after install; install OpenJDK 17: apt-get install -y openjdk-17-jdk-headless"
+}
+
+ensure_system_packages() {
+    mkdir -p "$LOGS" "$RUN"
+    local missing=()
+    [[ -x "$PGBIN/postgres" ]] || missing+=(postgresql-15)
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
+    command -v mvn >/dev/null 2>&1 || missing+=(maven)
+    if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
+    ensure_java
+}
+
+ensure_venv() {
+    if [[ -x "$PY" ]] && "$PY" -c 'import confluent_kafka, psycopg, redis' 2>/dev/null; then return 0; fi
+    log "creating .venv from requirements/requirements.lock"
+    if ! command -v uv >/dev/null 2>&1; then
+        python3 -m pip install -q "uv==0.13.8" >"$LOGS/pip.log" 2>&1 ||
+            die "could not install uv from PyPI (registry unreachable?); see $LOGS/pip.log"
+    fi
+    [[ -x "$PY" ]] || uv venv -q --python python3.11 "$VENV" >"$LOGS/pip.log" 2>&1 ||
+        die "could not create $VENV with python3.11; install python3.11 (apt-get install -y python3.11-venv); see $LOGS/pip.log"
+    uv pip install -q --python "$PY" -r "$ROOT/requirements/requirements.lock" >>"$LOGS/pip.log" 2>&1 ||
+        die "could not install Python packages from PyPI (registry unreachable?); see $LOGS/pip.log"
+}
+
+ensure_jars() {
+    # One marker per jar set, keyed on the pom's hash, so a pom change refetches.
+    local pom_hash profile dir
+    pom_hash="$(sha256sum "$ROOT/pom.xml" | cut -c1-16)"
+    for profile in kafka-broker spark-connector; do
+        if [[ $profile == kafka-broker ]]; then dir="$JARS/kafka"; else dir="$JARS/spark"; fi
+        [[ -f "$dir/.pom-$pom_hash" ]] && continue
+        command -v mvn >/dev/null 2>&1 || ensure_system_packages
+        log "fetching $profile jars with Maven into ${dir#"$ROOT"/}"
+        rm -rf "$dir"; mkdir -p "$dir"
+        (cd "$ROOT" && mvn -B -q -P "$profile" dependency:copy-dependencies \
+            -DoutputDirectory="$dir" >"$LOGS/maven-$profile.log" 2>&1) ||
+            die "Maven could not fetch the $profile jars (Maven Central unreachable?); see $LOGS/maven-$profile.log, check network/proxy (~/.m2/settings.xml) and rerun"
+        touch "$dir/.pom-$pom_hash"
+    done
+    load_env
+}
+
+install_all() {
+    check_disk
+    ensure_system_packages
+    ensure_venv
+    ensure_jars
+}
+
+# ----------------------------------------------------------------------------- process helpers
+pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
+pidfile_pid() { [[ -f "$1" ]] && head -1 "$1" | tr -dc '0-9' || true; }
+
+port_open() { # host port
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+port_owner() { # port -> "name (pid N)" of a listener, or empty
+    ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*users:((\("[^"]*"\),pid=\([0-9]*\).*/\1 (pid \2)/p' | head -1
+}
+
+require_port_free() { # port service setting
+    local port="$1" service="$2" setting="$3"
+    if port_open 127.0.0.1 "$port"; then
+        local owner; owner="$(port_owner "$port")"
+        die "port $port for $service is taken by ${owner:-another process}, not by this stack; stop it or set $setting in .env to a free port"
+    fi
+}
+
+start_bg() { # name logfile cmd... : runs in its own session (process group) with a pid file
+    local name="$1" logfile="$2"; shift 2
+    mkdir -p "$RUN" "$LOGS"
+    setsid nohup "$@" >>"$logfile" 2>&1 </dev/null &
+    echo $! >"$RUN/$name.pid"
+}
+
+stop_pidfile() { # name [signal-timeout-seconds]
+    local name="$1" timeout="${2:-20}" pid
+    pid="$(pidfile_pid "$RUN/$name.pid")"
+    if pid_alive "$pid"; then
+        log "stopping $name (pid $pid)"
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        local i
+        for ((i = 0; i < timeout * 10; i++)); do pid_alive "$pid" || break; sleep 0.1; done
+        if pid_alive "$pid"; then
+            log "$name did not stop in ${timeout}s, killing it"
+            kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    rm -f "$RUN/$name.pid"
+}
+
+wait_for() { # service logfile fix check-command...
+    local service="$1" logfile="$2" fix="$3"; shift 3
+    local deadline=$((SECONDS + WAIT_SECONDS))
+    until "$@" >/dev/null 2>&1; do
+        if ((SECONDS > deadline)); then
+            die "$service did not answer within ${WAIT_SECONDS}s; see $logfile; $fix"
+        fi
+        sleep 0.3
+    done
+}
+
+as_pg() { if is_root; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+# ----------------------------------------------------------------------------- PostgreSQL
+PGDATA_DIR="$LOCAL/postgres/data"
+PGSOCK="$RUN/postgres"
+
+pg_running() { [[ -f "$PGDATA_DIR/postmaster.pid" ]] && as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; }
+
+psql_admin() { # db args... : superuser over the private unix socket
+    local db="$1"; shift
+    PGOPTIONS="-c client_min_messages=warning" as_pg "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PGSOCK" -p "$POSTGRES_PORT" -U postgres -d "$db" "$@"
+}
+
+start_postgres() {
+    local logfile="$LOGS/postgres.log"
+    mkdir -p "$LOCAL/postgres" "$PGSOCK" "$LOGS"
+    if is_root; then
+        chown postgres: "$LOCAL/postgres" "$PGSOCK"
+        touch "$logfile"; chown postgres: "$logfile"
+    fi
+    chmod 700 "$PGSOCK"
+    if [[ ! -f "$PGDATA_DIR/PG_VERSION" ]]; then
+        log "initdb PostgreSQL 15 in ${PGDATA_DIR#"$ROOT"/}"
+        as_pg "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres -E UTF8 --locale=C.UTF-8 \
+            --auth-local=trust --auth-host=scram-sha-256 >>"$logfile" 2>&1 ||
+            die "initdb failed; see $logfile"
+        # The socket directory is mode 700 and owned by postgres, so local trust reaches only
+        # root and postgres; everyone else uses TCP with a password.
+        cat >>"$PGDATA_DIR/postgresql.conf" <<EOF
+# --- local stack (scripts/stack.sh)
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$PGSOCK'
+max_connections = 200
+shared_buffers = 256MB
+timezone = 'UTC'
+log_timezone = 'UTC'
+EOF
+    fi
+    if pg_running; then
+        log "PostgreSQL already running on $POSTGRES_PORT"
+    else
+        require_port_free "$POSTGRES_PORT" PostgreSQL POSTGRES_PORT
+        rm -f "$PGDATA_DIR/postmaster.pid"
+        log "starting PostgreSQL on 127.0.0.1:$POSTGRES_PORT"
+        as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$logfile" -o "-p $POSTGRES_PORT -k $PGSOCK" \
+            -w -t "$WAIT_SECONDS" start >/dev/null ||
+            die "PostgreSQL did not start; see $logfile; fix the error there (or run: make clean && make services)"
+    fi
+    wait_for PostgreSQL "$logfile" "start it with: make services" \
+        "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$POSTGRES_PORT"
+    setup_postgres
+}
+
+setup_postgres() {
+    # Role $POSTGRES_USER (no superuser) owns $POSTGRES_DB and the airflow metadata database;
+    # the password is reset every start so it always matches .env.
+    psql_admin postgres -v user="$POSTGRES_USER" -v pass="$POSTGRES_PASSWORD" <<'SQL'
+select format('create role %I login', :'user') where not exists (select 1 from pg_roles where rolname = :'user') \gexec
+alter role :"user" with login nosuperuser nocreaterole password :'pass';
+select 'create role pipeline_writer nologin' where not exists (select 1 from pg_roles where rolname = 'pipeline_writer') \gexec
+select 'create role pipeline_analyst nologin' where not exists (select 1 from pg_roles where rolname = 'pipeline_analyst') \gexec
+grant pipeline_writer, pipeline_analyst to :"user";
+alter role :"user" createdb;
+SQL
+    local db
+    for db in "$POSTGRES_DB" airflow; do
+        psql_admin postgres -v db="$db" -v user="$POSTGRES_USER" <<'SQL'
+select format('create database %I owner %I', :'db', :'user') where not exists (select 1 from pg_database where datname = :'db') \gexec
+SQL
+    done
+    apply_init_sql "$POSTGRES_DB"
+}
+
+apply_init_sql() { # db : init.sql as the owner role, so the pipeline user owns its tables
+    [[ -f "$ROOT/init.sql" ]] || { log "no init.sql yet, skipping"; return 0; }
+    { printf 'set role %s;\n' "\"$POSTGRES_USER\""; cat "$ROOT/init.sql"; } |
+        psql_admin "$1" -f - >"$LOGS/init-sql.log" 2>&1 || {
+        # Not fatal: tests use fresh databases; the demo database may just predate a schema change.
+        log "WARNING: init.sql failed on database $1 ($(grep -m1 ERROR "$LOGS/init-sql.log" || echo 'see log')); see $LOGS/init-sql.log; if the database predates a schema change, recreate it (drops its data): scripts/stack.sh reset-db"
+        return 0
+    }
+}
+
+cmd_reset_db() { # drop and recreate POSTGRES_DB from init.sql
+    pg_running || die "PostgreSQL is not running; start it with: make services"
+    log "dropping and recreating database $POSTGRES_DB"
+    psql_admin postgres -v db="$POSTGRES_DB" <<'SQL'
+select format('drop database if exists %I with (force)', :'db') \gexec
+SQL
+    setup_postgres
+}
+
+stop_postgres() {
+    if pg_running; then
+        log "stopping PostgreSQL"
+        as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null || true
+    fi
+}
+
+# ----------------------------------------------------------------------------- Redis
+redis_ping() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+
+start_redis() {
+    local logfile="$LOGS/redis.log" pid
+    mkdir -p "$LOCAL/redis"
+    pid="$(pidfile_pid "$RUN/redis.pid")"
+    if pid_alive "$pid" && redis_ping; then log "Redis already running on $REDIS_PORT"; return 0; fi
+    require_port_free "$REDIS_PORT" Redis REDIS_PORT
+    cat >"$LOCAL/redis/redis.conf" <<EOF
+# written by scripts/stack.sh on every start; edit the script, not this file
+bind 127.0.0.1
+protected-mode yes
+port $REDIS_PORT
+dir $LOCAL/redis
+daemonize no
+appendonly yes
+appendfsync everysec
+save 60 1000
+maxmemory-policy noeviction
+EOF
+    log "starting Redis on 127.0.0.1:$REDIS_PORT"
+    start_bg redis "$logfile" redis-server "$LOCAL/redis/redis.conf"
+    wait_for Redis "$logfile" "start it with: make services" redis_ping
+}
+
+# ----------------------------------------------------------------------------- Kafka
+KAFKA_DIR="$LOCAL/kafka"
+
+kafka_java() { # main-class args... : the JVM command line shared by the broker and its tools
+    local heap
+    read -r -a heap <<<"${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}"
+    printf '%s\0' java "${heap[@]}" -XX:+UseG1GC -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.properties" -cp "$JARS/kafka/*" "$@"
+}
+
+kafka_run() { local cmd; mapfile -d '' cmd < <(kafka_java "$@"); "${cmd[@]}"; }
+
+kafka_ready() { "$PY" "$ROOT/scripts/kafka_admin.py" ping --timeout 3; }
+
+start_kafka() {
+    local logfile="$LOGS/kafka.log" pid
+    mkdir -p "$KAFKA_DIR/data"
+    pid="$(pidfile_pid "$RUN/kafka.pid")"
+    if pid_alive "$pid" && kafka_ready >/dev/null 2>&1; then
+        log "Kafka already running on $KAFKA_PORT"
+    else
+        pid_alive "$pid" && stop_pidfile kafka
+        require_port_free "$KAFKA_PORT" Kafka KAFKA_BOOTSTRAP_SERVERS
+        require_port_free "$KAFKA_CONTROLLER_PORT" "the Kafka controller" KAFKA_CONTROLLER_PORT
+        cat >"$KAFKA_DIR/server.properties" <<EOF
+# written by scripts/stack.sh on every start: single-node KRaft broker + controller
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$KAFKA_DIR/data
+num.partitions=$KAFKA_TOPIC_PARTITIONS
+default.replication.factor=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+delete.topic.enable=true
+log.retention.hours=168
+log.segment.bytes=268435456
+EOF
+        cat >"$KAFKA_DIR/log4j2.properties" <<'EOF'
+status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d{ISO8601}{UTC}] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+EOF
+        if [[ ! -f "$KAFKA_DIR/data/meta.properties" ]]; then
+            local cluster_id
+            [[ -s "$KAFKA_DIR/cluster.id" ]] || kafka_run kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1 >"$KAFKA_DIR/cluster.id"
+            cluster_id="$(cat "$KAFKA_DIR/cluster.id")"
+            log "formatting Kafka storage (cluster $cluster_id)"
+            kafka_run kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_DIR/server.properties" \
+                >>"$logfile" 2>&1 || die "Kafka storage format failed; see $logfile; fix: make clean && make services"
+        fi
+        log "starting Kafka 4.1.1 on 127.0.0.1:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT)"
+        local cmd; mapfile -d '' cmd < <(kafka_java kafka.Kafka "$KAFKA_DIR/server.properties")
+        start_bg kafka "$logfile" "${cmd[@]}"
+        wait_for Kafka "$logfile" "start it with: make services" kafka_ready
+    fi
+    "$PY" "$ROOT/scripts/kafka_admin.py" ensure-topics \
+        "$KAFKA_TOPIC_PRICES:$KAFKA_TOPIC_PARTITIONS" "$KAFKA_TOPIC_DLQ:1" "$KAFKA_TOPIC_GAPS:1" ||
+        die "could not create the Kafka topics; see $logfile"
+}
+
+# ----------------------------------------------------------------------------- verbs
+cmd_services() {
+    local t0=$SECONDS
+    install_all
+    start_postgres
+    start_redis
+    start_kafka
+    log "services up in $((SECONDS - t0))s: PostgreSQL 127.0.0.1:$POSTGRES_PORT, Redis 127.0.0.1:$REDIS_PORT, Kafka $KAFKA_BOOTSTRAP_SERVERS"
+}
+
+cmd_down_services() {
+    stop_pidfile kafka 60
+    stop_pidfile redis 20
+    stop_postgres
+}
+
+cmd_test() { # pytest over unit, integration and e2e; exit 5 (nothing collected) is a failure
+    local rc=0
+    "$PY" -m pytest -m "unit or integration or e2e" "$@" || rc=$?
+    if ((rc == 5)); then die "pytest collected no tests; check tests/ and the markers"; fi
+    return "$rc"
+}
+
+main() {
+    local verb="${1:-}"; shift || true
+    load_env
+    case "$verb" in
+        install) install_all ;;
+        services) cmd_services ;;
+        services-down) cmd_down_services ;;
+        test) cmd_test "$@" ;;
+        reset-db) cmd_reset_db ;;
+        *) die "unknown verb '${verb}'; use one of: install services services-down demo up down clean status logs replay" ;;
+    esac
+}
+
+main "$@"
