@@ -113,7 +113,9 @@ def _prices_for_minute(rng: random.Random, kline: Kline) -> list[Decimal]:
     n = kline.trade_count
     for value in (kline.open, kline.high, kline.low, kline.close):
         if value % PRICE_TICK:
-            raise RecordingError(f"price {value} at {kline.open_time_ms} is off the {PRICE_TICK} tick")
+            raise RecordingError(
+                f"price {value} at {kline.open_time_ms} is off the {PRICE_TICK} tick"
+            )
     low_ticks = int(kline.low / PRICE_TICK)
     high_ticks = int(kline.high / PRICE_TICK)
     prices = [PRICE_TICK * rng.randint(low_ticks, high_ticks) for _ in range(n)]
@@ -156,7 +158,9 @@ def _quantities_and_sides(rng: random.Random, kline: Kline) -> tuple[list[int], 
     return quantities_units, flags
 
 
-def expand_kline(rng: random.Random, kline: Kline, first_trade_id: int, symbol: str) -> list[dict[str, object]]:
+def expand_kline(
+    rng: random.Random, kline: Kline, first_trade_id: int, symbol: str
+) -> list[dict[str, object]]:
     """Trade payloads (Binance `trade` fields, ms times) that reproduce one kline exactly."""
     n = kline.trade_count
     if n == 0:
@@ -188,9 +192,11 @@ def expand_kline(rng: random.Random, kline: Kline, first_trade_id: int, symbol: 
     return trades
 
 
-def kline_trade_frames(klines: Iterable[Kline], symbol: str = "BTCUSDT", seed: int = SEED) -> Iterator[str]:
+def kline_trade_frames(
+    klines: Iterable[Kline], symbol: str = "BTCUSDT", seed: int = SEED
+) -> Iterator[str]:
     """Combined-stream frame lines for every trade of every kline, in trade-id order."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - seeded, deterministic data
     stream = f"{symbol.lower()}@trade"
     next_id = FIRST_TRADE_ID
     for kline in klines:
@@ -205,8 +211,15 @@ def csv_trade_frames(csv_path: Path) -> Iterator[str]:
         reader = csv.reader(handle)
         header = next(reader)
         if header[:9] != [
-            "TimestampOfReceive", "Stream", "EventType", "EventTime", "TransactionTime",
-            "Symbol", "TradeId", "Price", "Quantity",
+            "TimestampOfReceive",
+            "Stream",
+            "EventType",
+            "EventTime",
+            "TransactionTime",
+            "Symbol",
+            "TradeId",
+            "Price",
+            "Quantity",
         ]:
             raise RecordingError(f"unexpected CSV header in {csv_path}: {header}")
         for row in reader:
@@ -239,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trades-csv", type=Path, default=DEFAULT_TRADES_CSV)
     parser.add_argument("--btc-out", type=Path, default=DEFAULT_BTC_OUT)
     parser.add_argument("--trx-out", type=Path, default=DEFAULT_TRX_OUT)
-    parser.add_argument("--check", action="store_true", help="rebuild and compare with the files on disk")
+    parser.add_argument(
+        "--check", action="store_true", help="rebuild and compare with the files on disk"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 

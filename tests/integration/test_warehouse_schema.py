@@ -26,21 +26,34 @@ def conn(pg_dsn: str) -> Iterable[psycopg.Connection]:
 
 
 def insert_trade(
-    conn: psycopg.Connection, symbol: str, trade_id: int, event_time: datetime, price: str,
-    stream: str = "trade", price_change: str | None = None,
+    conn: psycopg.Connection,
+    symbol: str,
+    trade_id: int,
+    event_time: datetime,
+    price: str,
+    stream: str = "trade",
+    price_change: str | None = None,
 ) -> None:
     day = event_time.astimezone(UTC).date()
     conn.execute("call staging.create_raw_prices_partitions(%s, %s)", (day, day))
     conn.execute(
         """
-        insert into staging.raw_prices (symbol, stream, sequence_id, event_time, exchange_event_time,
+        insert into staging.raw_prices (symbol, stream, sequence_id, event_time,
+            exchange_event_time,
             price, quantity, is_buyer_maker, previous_price, price_change, received_at, source)
         values (%s, %s, %s, %s, %s, %s, %s, %s, null, %s, %s, 'ws')
         """,
         (
-            symbol, stream, trade_id, event_time, event_time, Decimal(price),
-            Decimal("1") if stream == "trade" else None, False if stream == "trade" else None,
-            Decimal(price_change) if price_change is not None else None, event_time,
+            symbol,
+            stream,
+            trade_id,
+            event_time,
+            event_time,
+            Decimal(price),
+            Decimal("1") if stream == "trade" else None,
+            False if stream == "trade" else None,
+            Decimal(price_change) if price_change is not None else None,
+            event_time,
         ),
     )
 
@@ -72,11 +85,14 @@ def test_raw_prices_rejects_a_duplicate_event(conn: psycopg.Connection) -> None:
 def test_partitions_cover_utc_days_whatever_the_session_time_zone(conn: psycopg.Connection) -> None:
     conn.execute("set time zone 'Asia/Tokyo'")
     conn.execute("call staging.create_raw_prices_partitions('2024-06-01', '2024-06-03')")
-    conn.execute("call staging.create_raw_prices_partitions('2024-06-02', '2024-06-04')")  # overlap: no error
+    conn.execute(
+        "call staging.create_raw_prices_partitions('2024-06-02', '2024-06-04')"
+    )  # overlap: no error
     assert partition_days(conn) == [date(2024, 6, d) for d in (1, 2, 3, 4)]
     conn.execute("set time zone 'UTC'")
     bounds = conn.execute(
-        "select pg_get_expr(c.relpartbound, c.oid) from pg_class c where c.relname = 'raw_prices_p20240602'"
+        "select pg_get_expr(c.relpartbound, c.oid) from pg_class c "
+        "where c.relname = 'raw_prices_p20240602'"
     ).fetchone()
     assert bounds == ("FOR VALUES FROM ('2024-06-02 00:00:00+00') TO ('2024-06-03 00:00:00+00')",)
     # The last microsecond of a day and midnight land in different partitions.
@@ -98,7 +114,9 @@ def test_purge_keeps_exactly_the_last_seven_days(conn: psycopg.Connection) -> No
     reference = date(2024, 6, 10)
     days = [reference - timedelta(days=d) for d in range(9, -1, -1)]  # 2024-06-01 .. 2024-06-10
     for n, day in enumerate(days):
-        insert_trade(conn, "BTCUSDT", n, datetime.combine(day, datetime.min.time(), tzinfo=UTC), "10")
+        insert_trade(
+            conn, "BTCUSDT", n, datetime.combine(day, datetime.min.time(), tzinfo=UTC), "10"
+        )
     conn.execute("call staging.create_raw_prices_partitions('2024-06-11', '2024-06-13')")  # ahead
     conn.execute("call analytics.get_daily_summary('2024-06-01')")
     conn.execute("set time zone 'America/New_York'")
@@ -117,7 +135,9 @@ def test_purge_keeps_exactly_the_last_seven_days(conn: psycopg.Connection) -> No
 
 def test_purge_default_window_is_relative_to_the_utc_date(conn: psycopg.Connection) -> None:
     today = conn.execute("select (now() at time zone 'utc')::date").fetchone()[0]  # type: ignore[index]
-    conn.execute("call staging.create_raw_prices_partitions(%s, %s)", (today - timedelta(days=9), today))
+    conn.execute(
+        "call staging.create_raw_prices_partitions(%s, %s)", (today - timedelta(days=9), today)
+    )
     conn.execute("call analytics.purge_raw_prices()")
     assert partition_days(conn) == [today - timedelta(days=d) for d in range(6, -1, -1)]
     with pytest.raises(psycopg.errors.RaiseException, match="keep_days must be >= 1"):
@@ -161,9 +181,17 @@ def test_latest_prices_is_the_newest_row_per_symbol_and_stream(conn: psycopg.Con
     insert_trade(conn, "BTCUSDT", 7, t0 + timedelta(days=1), "103", price_change="1")  # newest ms
     insert_trade(conn, "BTCUSDT", 6, t0 + timedelta(days=1), "102")  # same ms, lower id
     insert_trade(conn, "ETHUSDT", 1, t0 + timedelta(hours=1), "50")
-    insert_trade(conn, "ETHUSDT", int(t0.timestamp() * 1000), t0 + timedelta(hours=2), "51", stream="miniTicker")
+    insert_trade(
+        conn,
+        "ETHUSDT",
+        int(t0.timestamp() * 1000),
+        t0 + timedelta(hours=2),
+        "51",
+        stream="miniTicker",
+    )
     rows = conn.execute(
-        "select symbol, stream, last_price, price_change, sequence_id from analytics.latest_prices order by 1, 2"
+        "select symbol, stream, last_price, price_change, sequence_id "
+        "from analytics.latest_prices order by 1, 2"
     ).fetchall()
     assert rows == [
         ("BTCUSDT", "trade", Decimal("103"), Decimal("1"), 7),
@@ -178,7 +206,8 @@ def test_daily_candles_view_formats_the_summary(conn: psycopg.Connection) -> Non
     conn.execute("call analytics.get_daily_summary('2024-06-01')")
     conn.execute("set time zone 'Asia/Tokyo'")
     row = conn.execute(
-        "select open::text, close::text, change::text, change_pct::text, volume::text, trade_count, "
+        "select open::text, close::text, change::text, change_pct::text, volume::text, "
+        "trade_count, "
         "first_event_utc::text from analytics.daily_candles"
     ).fetchone()
     assert row == ("7195.24", "7200.85", "5.61", "0.0780", "2", 2, "2024-06-01 00:00:01")
@@ -186,16 +215,25 @@ def test_daily_candles_view_formats_the_summary(conn: psycopg.Connection) -> Non
 
 def test_unfilled_gaps_view_lists_only_gaps_left_open(conn: psycopg.Connection) -> None:
     start = datetime(2024, 6, 1, 23, 59, tzinfo=UTC)
-    for first_id, status, unfilled in ((100, "filled", 0), (200, "partially_filled", 3), (300, "unfilled", 9)):
+    for first_id, status, unfilled in (
+        (100, "filled", 0),
+        (200, "partially_filled", 3),
+        (300, "unfilled", 9),
+    ):
         conn.execute(
             """
-            insert into staging.feed_gaps (symbol, stream, first_missing_id, last_missing_id, window_start,
+            insert into staging.feed_gaps (symbol, stream, first_missing_id, last_missing_id,
+                window_start,
                 window_end, filled_count, unfilled_count, status, reason, detected_at)
             values ('BTCUSDT', 'trade', %s, %s, %s, %s, 0, %s, %s, 'reconnect', %s)
             """,
             (first_id, first_id + 9, start, start + timedelta(minutes=2), unfilled, status, start),
         )
     rows = conn.execute(
-        "select first_missing_id, unfilled_count, first_day, last_day from analytics.unfilled_gaps order by 1"
+        "select first_missing_id, unfilled_count, first_day, last_day "
+        "from analytics.unfilled_gaps order by 1"
     ).fetchall()
-    assert rows == [(200, 3, date(2024, 6, 1), date(2024, 6, 2)), (300, 9, date(2024, 6, 1), date(2024, 6, 2))]
+    assert rows == [
+        (200, 3, date(2024, 6, 1), date(2024, 6, 2)),
+        (300, 9, date(2024, 6, 1), date(2024, 6, 2)),
+    ]
