@@ -29,20 +29,35 @@ log() { printf '[stack %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { printf 'stack: ERROR: %s\n' "$*" >&2; exit 1; }
 
 # ----------------------------------------------------------------------------- settings
-load_env() {
-    if [[ ! -f "$ROOT/.env" ]]; then
-        if [[ -f "$ROOT/.env.example" ]]; then
-            cp "$ROOT/.env.example" "$ROOT/.env"
-            log "created .env from .env.example"
+random_secret() { head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24; }
+
+sync_dotenv() {
+    # .env is created from .env.example; later .env.example keys are appended to an existing .env
+    # (the user's values stay). Placeholder secrets ("change-me...") become random local ones.
+    local example="$ROOT/.env.example" dotenv="$ROOT/.env"
+    if [[ ! -f "$dotenv" ]]; then
+        if [[ -f "$example" ]]; then
+            log "creating .env from .env.example (placeholder secrets replaced by random ones)"
         else
-            # No .env.example yet: a minimal .env with the documented defaults and a random password.
-            {
-                echo "# created by scripts/stack.sh (no .env.example found); defaults from docs/architecture.md"
-                echo "POSTGRES_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 20)"
-            } >"$ROOT/.env"
-            log "created .env with defaults (no .env.example found)"
+            log "creating .env with defaults (no .env.example found)"
         fi
+        echo "# created by scripts/stack.sh from .env.example; edit freely" >"$dotenv"
     fi
+    [[ -f "$example" ]] || { grep -q '^POSTGRES_PASSWORD=' "$dotenv" || echo "POSTGRES_PASSWORD=$(random_secret)" >>"$dotenv"; return 0; }
+    local line key value added=0
+    while IFS= read -r line || [[ -n "$line" ]]; do
+        [[ "$line" =~ ^([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
+        key="${BASH_REMATCH[1]}" value="${BASH_REMATCH[2]}"
+        grep -q "^${key}=" "$dotenv" && continue
+        [[ "$value" == change-me* ]] && value="$(random_secret)"
+        printf '%s=%s\n' "$key" "$value" >>"$dotenv"
+        added=$((added + 1))
+    done <"$example"
+    ((added == 0)) || log "added $added setting(s) from .env.example to .env"
+}
+
+load_env() {
+    sync_dotenv
     # Keep values already in the environment: a user's export wins over .env.
     local line key
     while IFS= read -r line || [[ -n "$line" ]]; do
@@ -184,7 +199,20 @@ install_all() {
 
 # ----------------------------------------------------------------------------- process helpers
 pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
-pidfile_pid() { [[ -f "$1" ]] && head -1 "$1" | tr -dc '0-9' || true; }
+group_alive() { [[ -n "${1:-}" ]] && kill -0 -- "-$1" 2>/dev/null; }
+proc_start_time() { # field 22 of /proc/PID/stat; the command name before it may contain spaces
+    sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20 || true
+}
+
+pidfile_pid() {
+    # "pid start-time": the start time guards against a recycled pid that is no longer ours.
+    [[ -f "$1" ]] || return 0
+    local pid started
+    read -r pid started <"$1" || true
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+    if [[ -n "${started:-}" && -e "/proc/$pid" && "$(proc_start_time "$pid")" != "$started" ]]; then return 0; fi
+    echo "$pid"
+}
 
 port_open() { # host port
     (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
@@ -205,19 +233,26 @@ require_port_free() { # port service setting
 start_bg() { # name logfile cmd... : runs in its own session (process group) with a pid file
     local name="$1" logfile="$2"; shift 2
     mkdir -p "$RUN" "$LOGS"
-    setsid nohup "$@" >>"$logfile" 2>&1 </dev/null &
-    echo $! >"$RUN/$name.pid"
+    local pidfile="$RUN/$name.pid" i
+    rm -f "$pidfile"
+    # The child writes its own pid (setsid may fork when the caller runs with job control),
+    # then execs the command, so the pid file names the session and process group leader.
+    # shellcheck disable=SC2016
+    setsid nohup bash -c 'echo "$$ $(sed "s/.*) //" /proc/$$/stat | cut -d" " -f20)" >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' \
+        "$pidfile" "$@" >>"$logfile" 2>&1 </dev/null &
+    for ((i = 0; i < 100; i++)); do [[ -s "$pidfile" ]] && return 0; sleep 0.05; done
+    die "$name did not start (no pid file after 5 s); see $logfile"
 }
 
 stop_pidfile() { # name [signal-timeout-seconds]
     local name="$1" timeout="${2:-20}" pid
     pid="$(pidfile_pid "$RUN/$name.pid")"
-    if pid_alive "$pid"; then
+    if pid_alive "$pid" || group_alive "$pid"; then
         log "stopping $name (pid $pid)"
         kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
         local i
-        for ((i = 0; i < timeout * 10; i++)); do pid_alive "$pid" || break; sleep 0.1; done
-        if pid_alive "$pid"; then
+        for ((i = 0; i < timeout * 10; i++)); do group_alive "$pid" || pid_alive "$pid" || break; sleep 0.1; done
+        if group_alive "$pid" || pid_alive "$pid"; then
             log "$name did not stop in ${timeout}s, killing it"
             kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
         fi
@@ -442,6 +477,185 @@ EOF
         die "could not create the Kafka topics; see $logfile"
 }
 
+# ----------------------------------------------------------------------------- pipeline apps
+DEMO_RECORDING="${DEMO_RECORDING:-recordings/btcusdt-trade-2020-01-01.jsonl.gz}"
+DEMO_SPEED="${DEMO_SPEED:-60}"
+
+app_running() { local pid; pid="$(pidfile_pid "$RUN/$1.pid")"; pid_alive "$pid"; }
+
+start_app() { # name port(0 = none) setting wait-seconds cmd... : starts unless already running
+    local name="$1" port="$2" setting="$3" wait_s="$4"; shift 4
+    local logfile="$LOGS/$name.log"
+    if app_running "$name"; then log "$name already running (pid $(pidfile_pid "$RUN/$name.pid"))"; return 0; fi
+    if [[ "$port" != 0 ]]; then require_port_free "$port" "$name" "$setting"; fi
+    log "starting $name: $*"
+    (cd "$ROOT" && start_bg "$name" "$logfile" "$@")
+    local pid deadline=$((SECONDS + wait_s))
+    pid="$(pidfile_pid "$RUN/$name.pid")"
+    while ((SECONDS < deadline)); do
+        pid_alive "$pid" || die "$name exited during start; see $logfile (last line: $(tail -1 "$logfile" 2>/dev/null))"
+        if [[ "$port" != 0 ]] && port_open 127.0.0.1 "$port"; then return 0; fi
+        sleep 0.5
+    done
+    if [[ "$port" != 0 ]]; then
+        die "$name did not open port $port within ${wait_s}s; see $logfile; run 'make down' and retry"
+    fi
+}
+
+symbols_of_recording() { # symbols of the first frames, upper case, comma-separated
+    "$PY" - "$1" <<'PYEOF'
+import gzip, itertools, json, sys
+path = sys.argv[1]
+opener = gzip.open if path.endswith(".gz") else open
+with opener(path, "rt") as frames:
+    symbols = {json.loads(line)["data"]["s"] for line in itertools.islice(frames, 5000) if line.strip()}
+print(",".join(sorted(symbols)))
+PYEOF
+}
+
+start_consumer() {
+    [[ -f "$ROOT/consumer_app/__main__.py" ]] || { log "WARNING: consumer_app/__main__.py not there yet; consumer not started"; return 0; }
+    mkdir -p "$(cd "$ROOT" && realpath -m "$SPARK_CHECKPOINT_DIR")"
+    start_app consumer "$CONSUMER_METRICS_PORT" CONSUMER_METRICS_PORT "${CONSUMER_START_SECONDS:-180}" "$PY" -m consumer_app
+}
+
+start_replay_server() {
+    [[ -f "$ROOT/producer_app/replay_server.py" ]] || { log "WARNING: producer_app/replay_server.py not there yet; replay server not started"; return 0; }
+    [[ -f "$ROOT/$DEMO_RECORDING" ]] || die "demo recording $DEMO_RECORDING not found; set DEMO_RECORDING to a file in recordings/"
+    start_app replay-server "$REPLAY_PORT" REPLAY_PORT 60 "$PY" -m producer_app.replay_server \
+        --recording "$DEMO_RECORDING" --speed "$DEMO_SPEED" --host "$REPLAY_HOST" --port "$REPLAY_PORT"
+}
+
+start_producer() {
+    [[ -f "$ROOT/producer_app/__main__.py" ]] || { log "WARNING: producer_app/__main__.py not there yet; producer not started"; return 0; }
+    start_app producer "$PRODUCER_METRICS_PORT" PRODUCER_METRICS_PORT 60 "$PY" -m producer_app
+}
+
+# ----------------------------------------------------------------------------- Airflow
+airflow_env() {
+    local dir="$LOCAL/airflow"
+    mkdir -p "$dir"
+    # Secrets shared by the API server, scheduler and DAG processor; made once, kept in .local.
+    if [[ ! -s "$dir/secrets.env" ]]; then
+        printf 'AIRFLOW_JWT_SECRET_LOCAL=%s\nAIRFLOW_API_SECRET_LOCAL=%s\n' "$(random_secret)" "$(random_secret)" >"$dir/secrets.env"
+        chmod 600 "$dir/secrets.env"
+    fi
+    local jwt api_secret
+    jwt="$(sed -n 's/^AIRFLOW_JWT_SECRET_LOCAL=//p' "$dir/secrets.env")"
+    api_secret="$(sed -n 's/^AIRFLOW_API_SECRET_LOCAL=//p' "$dir/secrets.env")"
+    if [[ -n "${AIRFLOW_JWT_SECRET:-}" && "${AIRFLOW_JWT_SECRET}" != change-me* ]]; then jwt="$AIRFLOW_JWT_SECRET"; fi
+    export AIRFLOW_HOME="$dir"
+    export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/airflow/dags"
+    export AIRFLOW__CORE__LOAD_EXAMPLES=False
+    export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+    export AIRFLOW__CORE__PARALLELISM=4
+    export AIRFLOW__CORE__DEFAULT_TIMEZONE=utc
+    export AIRFLOW__CORE__FERNET_KEY="${AIRFLOW_FERNET_KEY:-}"
+    export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:${AIRFLOW_PORT}/execution/"
+    export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="${AIRFLOW_ADMIN_USER}:admin"
+    export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$dir/simple_auth_manager_passwords.json"
+    export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="postgresql+psycopg2://${POSTGRES_USER}:${POSTGRES_PASSWORD}@${POSTGRES_HOST}:${POSTGRES_PORT}/airflow"
+    export AIRFLOW__API__HOST=127.0.0.1
+    export AIRFLOW__API__PORT="$AIRFLOW_PORT"
+    export AIRFLOW__API__BASE_URL="http://127.0.0.1:${AIRFLOW_PORT}"
+    export AIRFLOW__API__SECRET_KEY="$api_secret"
+    export AIRFLOW__API__WORKERS=1
+    export AIRFLOW__API_AUTH__JWT_SECRET="$jwt"
+    export AIRFLOW__LOGGING__BASE_LOG_FOLDER="$LOGS/airflow"
+    export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=30
+    export AIRFLOW_CONN_PIPELINE_POSTGRES="${AIRFLOW_CONN_PIPELINE_POSTGRES:-postgresql://${POSTGRES_USER}:${POSTGRES_PASSWORD}@${POSTGRES_HOST}:${POSTGRES_PORT}/${POSTGRES_DB}}"
+    export RAW_RETENTION_DAYS="${RAW_RETENTION_DAYS:-7}"
+    # The simple auth manager reads passwords from this file; we write the one from .env.
+    printf '{"%s": "%s"}\n' "$AIRFLOW_ADMIN_USER" "$AIRFLOW_ADMIN_PASSWORD" >"$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
+    chmod 600 "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
+}
+
+airflow_health() { curl -fsS -m 3 "http://127.0.0.1:${AIRFLOW_PORT}/api/v2/monitor/health" >/dev/null; }
+
+start_airflow() {
+    [[ -x "$VENV/bin/airflow" ]] || die "airflow is not installed in .venv; run: make install"
+    airflow_env
+    local logfile="$LOGS/airflow-db-migrate.log" stamp="$LOCAL/airflow/.migrated" version
+    # db migrate is idempotent but slow; redo it only when the Airflow version changed.
+    version="$("$PY" -c 'import airflow; print(airflow.__version__)' 2>/dev/null)"
+    if [[ "$(cat "$stamp" 2>/dev/null)" != "$version" ]]; then
+        log "airflow db migrate (Airflow $version, metadata in Postgres database 'airflow')"
+        "$VENV/bin/airflow" db migrate >"$logfile" 2>&1 || die "airflow db migrate failed; see $logfile"
+        echo "$version" >"$stamp"
+    fi
+    mkdir -p "$LOGS/airflow"
+    start_app airflow-api-server "$AIRFLOW_PORT" AIRFLOW_PORT 180 "$VENV/bin/airflow" api-server --host 127.0.0.1 --port "$AIRFLOW_PORT"
+    # --skip-serve-logs: LocalExecutor writes logs where the API server reads them; no 0.0.0.0:8793 listener.
+    start_app airflow-scheduler 0 - 5 "$VENV/bin/airflow" scheduler --skip-serve-logs
+    start_app airflow-dag-processor 0 - 5 "$VENV/bin/airflow" dag-processor
+    wait_for "Airflow API server" "$LOGS/airflow-api-server.log" "run 'make down' and retry" airflow_health
+}
+
+airflow_login_check() { # POST /auth/token with the configured login; prints the HTTP status
+    curl -s -o /dev/null -w '%{http_code}' -m 10 -H 'Content-Type: application/json' \
+        -d "{\"username\": \"$AIRFLOW_ADMIN_USER\", \"password\": \"$AIRFLOW_ADMIN_PASSWORD\"}" \
+        "http://127.0.0.1:${AIRFLOW_PORT}/auth/token" || true
+}
+
+# ----------------------------------------------------------------------------- status
+psql_app() { # psql as POSTGRES_USER over TCP
+    PGPASSWORD="$POSTGRES_PASSWORD" psql -X -q -v ON_ERROR_STOP=1 -h "$POSTGRES_HOST" -p "$POSTGRES_PORT" \
+        -U "$POSTGRES_USER" -d "$POSTGRES_DB" "$@"
+}
+
+live_counts() {
+    if ! "$PGBIN/pg_isready" -q -h "$POSTGRES_HOST" -p "$POSTGRES_PORT"; then echo "  PostgreSQL down: no counts"; return 0; fi
+    psql_app -P pager=off -P footer=off 2>&1 <<'SQL' | sed 's/^/  /' || true
+select count(*) filter (where event_time >= (now() at time zone 'utc')::date at time zone 'utc') as rows_today,
+       count(*) as rows_total,
+       max(event_time) as newest_event_time
+from staging.raw_prices;
+select distinct on (symbol) symbol, price as last_price, event_time
+from staging.raw_prices
+order by symbol, event_time desc, sequence_id desc;
+SQL
+}
+
+redis_last_prices() {
+    redis_ping || return 0
+    local pattern="${CONSUMER_REDIS_PREFIX:-consumer:last_price}*" keys key type value
+    keys="$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" -n "$REDIS_DB" --scan --pattern "$pattern" 2>/dev/null | head -20)"
+    if [[ -z "$keys" ]]; then echo "  Redis: no last prices yet ($pattern)"; return 0; fi
+    while IFS= read -r key; do
+        type="$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" -n "$REDIS_DB" type "$key")"
+        case "$type" in
+            hash) value="$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" -n "$REDIS_DB" hgetall "$key" | paste -sd' ' -)" ;;
+            string) value="$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" -n "$REDIS_DB" get "$key")" ;;
+            *) value="($type)" ;;
+        esac
+        printf '  Redis %s = %s\n' "$key" "$value"
+    done <<<"$keys"
+}
+
+cmd_status() {
+    echo "services:"
+    _up() { printf '  %-22s up    %s\n' "$1" "$2"; }
+    _down() { printf '  %-22s down  %s\n' "$1" "$2"; }
+    if pg_running && "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$POSTGRES_PORT"; then _up PostgreSQL "127.0.0.1:$POSTGRES_PORT"; else _down PostgreSQL "(make services)"; fi
+    if redis_ping; then _up Redis "127.0.0.1:$REDIS_PORT"; else _down Redis "(make services)"; fi
+    local kafka_up=0
+    if [[ -x "$PY" ]] && kafka_ready >/dev/null 2>&1; then kafka_up=1; _up Kafka "$KAFKA_BOOTSTRAP_SERVERS"; else _down Kafka "(make services)"; fi
+    local app
+    for app in consumer replay-server producer airflow-api-server airflow-scheduler airflow-dag-processor; do
+        if app_running "$app"; then _up "$app" "pid $(pidfile_pid "$RUN/$app.pid"), log .local/logs/$app.log"; else _down "$app" ""; fi
+    done
+    echo "kafka:"
+    if ((kafka_up)); then
+        "$PY" "$ROOT/scripts/kafka_admin.py" lag --topic "$KAFKA_TOPIC_PRICES" \
+            --checkpoint "$(cd "$ROOT" && realpath -m "$SPARK_CHECKPOINT_DIR")" 2>&1 | sed 's/^/  /' || true
+    else
+        echo "  Kafka down: no lag"
+    fi
+    echo "warehouse ($POSTGRES_DB):"
+    live_counts
+    redis_last_prices
+}
+
 # ----------------------------------------------------------------------------- verbs
 cmd_services() {
     local t0=$SECONDS
@@ -450,6 +664,105 @@ cmd_services() {
     start_redis
     start_kafka
     log "services up in $((SECONDS - t0))s: PostgreSQL 127.0.0.1:$POSTGRES_PORT, Redis 127.0.0.1:$REDIS_PORT, Kafka $KAFKA_BOOTSTRAP_SERVERS"
+}
+
+print_where_to_look() {
+    cat <<EOF
+
+The pipeline runs. Where to look:
+  Airflow UI   http://127.0.0.1:${AIRFLOW_PORT}   login: ${AIRFLOW_ADMIN_USER} / ${AIRFLOW_ADMIN_PASSWORD}  (from .env)
+  psql         PGPASSWORD='${POSTGRES_PASSWORD}' psql -h ${POSTGRES_HOST} -p ${POSTGRES_PORT} -U ${POSTGRES_USER} ${POSTGRES_DB}
+  metrics      producer http://127.0.0.1:${PRODUCER_METRICS_PORT}/metrics   consumer http://127.0.0.1:${CONSUMER_METRICS_PORT}/metrics
+  more         make status | make logs | make down (stops, keeps data)
+EOF
+    echo "live counts:"
+    live_counts
+}
+
+on_failed_start() {
+    local rc=$?
+    if ((rc != 0)); then
+        log "start failed; stopping everything this stack runs (data kept)"
+        cmd_down >/dev/null 2>&1 || true
+    fi
+}
+
+cmd_pipeline() { # demo|up
+    local mode="$1" t0=$SECONDS
+    # A failed start stops what runs, so nothing is left half-running.
+    trap on_failed_start EXIT
+    cmd_services
+    start_consumer
+    if [[ "$mode" == demo ]]; then
+        start_replay_server
+        export BINANCE_WS_URL="ws://${REPLAY_HOST}:${REPLAY_PORT}"
+        export BINANCE_REST_URL="http://${REPLAY_HOST}:${REPLAY_PORT}"
+        BINANCE_SYMBOLS="$(symbols_of_recording "$ROOT/$DEMO_RECORDING")"
+        export BINANCE_SYMBOLS BINANCE_STREAMS=trade
+        log "producer -> replay server $BINANCE_WS_URL ($DEMO_RECORDING at speed $DEMO_SPEED), symbols $BINANCE_SYMBOLS"
+    else
+        log "producer -> ${BINANCE_WS_URL:-wss://data-stream.binance.vision}, symbols $BINANCE_SYMBOLS"
+    fi
+    start_producer
+    start_airflow
+    local login
+    login="$(airflow_login_check)"
+    if [[ "$login" != 201 ]]; then
+        log "WARNING: Airflow login as $AIRFLOW_ADMIN_USER answered HTTP $login (expected 201); see $LOGS/airflow-api-server.log"
+    fi
+    trap - EXIT
+    log "$mode up in $((SECONDS - t0))s"
+    sleep "${STACK_COUNT_DELAY:-5}"
+    print_where_to_look
+}
+
+cmd_down_apps() {
+    local app
+    for app in producer replay-server consumer airflow-dag-processor airflow-scheduler airflow-api-server; do
+        stop_pidfile "$app" 30
+    done
+}
+
+cmd_down() {
+    cmd_down_apps
+    cmd_down_services
+    log "everything stopped (data kept in .local/)"
+}
+
+cmd_clean() {
+    cmd_down
+    log "removing data: .local/{postgres,redis,kafka,checkpoints,airflow,logs,run}"
+    rm -rf "$LOCAL/postgres" "$LOCAL/redis" "$LOCAL/kafka" "$LOCAL/checkpoints" "$LOCAL/airflow" "$LOGS" "$RUN"
+    log "clean (Maven jars kept in .local/jars; remove them with: rm -rf .local/jars)"
+}
+
+cmd_logs() {
+    mkdir -p "$LOGS"
+    local files=("$LOGS"/*.log)
+    [[ -e "${files[0]}" ]] || die "no logs yet in $LOGS; start the stack with: make demo"
+    if [[ -t 1 && -z "${CI:-}" ]]; then exec tail -n 20 -F "${files[@]}"; else tail -n 50 "${files[@]}"; fi
+}
+
+cmd_replay() { # FILE SPEED
+    local file="${1:-}" speed="${2:-max}"
+    [[ -n "$file" ]] || die "no recording given; use: make replay FILE=recordings/<file> SPEED=<factor|max>"
+    [[ -f "$file" || -f "$ROOT/$file" ]] || die "recording $file not found; pick one from recordings/"
+    [[ -f "$ROOT/producer_app/replay.py" ]] || die "producer_app/replay.py is not there yet; nothing to run"
+    kafka_ready >/dev/null 2>&1 || die "Kafka is not running at $KAFKA_BOOTSTRAP_SERVERS; start the stack with: make services (or make demo)"
+    cd "$ROOT" && exec "$PY" -m producer_app.replay --file "$file" --speed "$speed"
+}
+
+cmd_bench() {
+    local script rc=0 found=0
+    for script in "$ROOT"/bench/*; do
+        [[ -f "$script" ]] || continue
+        case "$script" in
+            *.py) found=1; log "bench: ${script#"$ROOT"/}"; (cd "$ROOT" && "$PY" "$script") || rc=$? ;;
+            *.sh) found=1; log "bench: ${script#"$ROOT"/}"; (cd "$ROOT" && bash "$script") || rc=$? ;;
+        esac
+    done
+    ((found)) || log "no benchmark scripts in bench/"
+    return "$rc"
 }
 
 cmd_down_services() {
@@ -472,7 +785,18 @@ main() {
         install) install_all ;;
         services) cmd_services ;;
         services-down) cmd_down_services ;;
+        apps-down) cmd_down_apps ;;
         test) cmd_test "$@" ;;
+        demo) cmd_pipeline demo ;;
+        up) cmd_pipeline up ;;
+        down) cmd_down ;;
+        clean) cmd_clean ;;
+        status) cmd_status ;;
+        logs) cmd_logs ;;
+        replay) cmd_replay "$@" ;;
+        bench) cmd_bench ;;
+        airflow) cmd_services; start_airflow; log "Airflow login check: HTTP $(airflow_login_check)" ;;
+        airflow-env) airflow_env; env | grep -E '^(AIRFLOW|RAW_RETENTION)' | sed 's/^/export /' ;;
         reset-db) cmd_reset_db ;;
         *) die "unknown verb '${verb}'; use one of: install services services-down demo up down clean status logs replay" ;;
     esac
