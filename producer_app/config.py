@@ -126,12 +126,16 @@ class ProducerSettings(BaseSettings):
     def stream_names(self) -> tuple[str, ...]:
         """Binance stream names, lower case: ``btcusdt@trade``, ``btcusdt@miniTicker``."""
         return tuple(
-            f"{symbol.lower()}@{stream}" for symbol in self.binance_symbols for stream in self.binance_streams
+            f"{symbol.lower()}@{stream}"
+            for symbol in self.binance_symbols
+            for stream in self.binance_streams
         )
 
     @property
     def rest_time_unit_header(self) -> dict[str, str]:
-        return {"X-MBX-TIME-UNIT": "MICROSECOND"} if self.producer_time_unit == "MICROSECOND" else {}
+        return (
+            {"X-MBX-TIME-UNIT": "MICROSECOND"} if self.producer_time_unit == "MICROSECOND" else {}
+        )
 
 
 def load_settings(**overrides: object) -> ProducerSettings:

@@ -198,7 +198,9 @@ def _check_encoder() -> None:
     # they ever differ from the dataclass (order included).
     sample = orjson.loads(encode_event("X", "trade", 1, 1, 1, "1", "1", True, 1, "ws"))
     if tuple(sample) != EVENT_FIELD_NAMES:
-        raise RuntimeError(f"encode_event keys {tuple(sample)} != PriceEvent fields {EVENT_FIELD_NAMES}")
+        raise RuntimeError(
+            f"encode_event keys {tuple(sample)} != PriceEvent fields {EVENT_FIELD_NAMES}"
+        )
 
 
 _check_encoder()

@@ -190,7 +190,10 @@ def parse_frame(
         return fast
     if type(msg) is not dict:
         return DeadLetter(
-            NOT_AN_OBJECT, f"frame is a JSON {type(msg).__name__}, not an object", _raw_text(frame), None
+            NOT_AN_OBJECT,
+            f"frame is a JSON {type(msg).__name__}, not an object",
+            _raw_text(frame),
+            None,
         )
     try:
         return _parse_message(msg, received_at_us)
@@ -199,7 +202,9 @@ def parse_frame(
     except (RecursionError, ValueError, TypeError, OverflowError) as err:
         # Defensive: the checks above should make these unreachable; a data bug must
         # still end as a dead letter, never as a crashed feed.
-        return DeadLetter(WRONG_TYPE, f"unexpected {type(err).__name__}: {err}", _raw_text(frame), None)
+        return DeadLetter(
+            WRONG_TYPE, f"unexpected {type(err).__name__}: {err}", _raw_text(frame), None
+        )
 
 
 def _fast_trade(msg: Any, received_at_us: int) -> ParsedEvent | None:
@@ -346,7 +351,9 @@ def _time_us(data: dict[str, Any], key: str, symbol: str) -> int:
     if value is None:
         raise _Reject(MISSING_FIELD, f"missing field {key!r}", symbol)
     if type(value) is not int:
-        raise _Reject(WRONG_TYPE, f"field {key!r} must be an integer, got {type(value).__name__}", symbol)
+        raise _Reject(
+            WRONG_TYPE, f"field {key!r} must be an integer, got {type(value).__name__}", symbol
+        )
     if not _MIN_TIME <= value < _MAX_TIME:
         raise _Reject(BAD_TIME, f"field {key!r} = {value} is not an epoch time in ms or µs", symbol)
     return value if value >= _US_THRESHOLD else value * 1000
@@ -358,7 +365,9 @@ def _decimal(data: dict[str, Any], key: str, symbol: str) -> str:
         raise _Reject(MISSING_FIELD, f"missing field {key!r}", symbol)
     if type(value) is not str:
         raise _Reject(
-            WRONG_TYPE, f"field {key!r} must be a decimal string, got {type(value).__name__}", symbol
+            WRONG_TYPE,
+            f"field {key!r} must be a decimal string, got {type(value).__name__}",
+            symbol,
         )
     if _decimal_match(value) is None:
         raise _Reject(BAD_DECIMAL, f"field {key!r} = {value[:64]!r} is not a plain decimal", symbol)
@@ -373,7 +382,9 @@ def _trade(data: dict[str, Any], stream_name: str | None, received_at_us: int) -
     if trade_id is None:
         raise _Reject(MISSING_FIELD, "missing field 't' (trade id)", symbol)
     if type(trade_id) is not int:
-        raise _Reject(WRONG_TYPE, f"field 't' must be an integer, got {type(trade_id).__name__}", symbol)
+        raise _Reject(
+            WRONG_TYPE, f"field 't' must be an integer, got {type(trade_id).__name__}", symbol
+        )
     if not 0 <= trade_id <= _MAX_ID:
         raise _Reject(BAD_ID, f"trade id {trade_id} out of range", symbol)
     event_time_us = _time_us(data, "E", symbol)
@@ -384,7 +395,9 @@ def _trade(data: dict[str, Any], stream_name: str | None, received_at_us: int) -
     if type(is_buyer_maker) is not bool:
         if is_buyer_maker is None:
             raise _Reject(MISSING_FIELD, "missing field 'm' (buyer is maker)", symbol)
-        raise _Reject(WRONG_TYPE, f"field 'm' must be a boolean, got {type(is_buyer_maker).__name__}", symbol)
+        raise _Reject(
+            WRONG_TYPE, f"field 'm' must be a boolean, got {type(is_buyer_maker).__name__}", symbol
+        )
     value = encode_event(
         symbol,
         STREAM_TRADE,

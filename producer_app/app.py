@@ -1,0 +1,228 @@
+"""The producer: WebSocket frames -> parse -> dedup -> Kafka, plus gap filling and metrics.
+
+Data comes from the ``StreamGroup`` connections (``producer_app.ws``) and the REST gap
+filler; it goes to Kafka through ``KafkaSink``. Everything runs on one asyncio event loop
+in one thread: the frame handler is synchronous and never awaits, so the tracker and the
+producer need no locks. ``Producer.run()`` returns when asked to stop (SIGTERM/SIGINT in
+``__main__``) or, in replay mode, when every connection ended with "end of recording";
+either way it fills pending gaps, flushes Kafka and returns a ``RunSummary``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from producer_app.config import ProducerSettings
+from producer_app.events import STREAM_TRADE
+from producer_app.gaps import GapFiller, RestClient
+from producer_app.metrics import ProducerMetrics
+from producer_app.parser import CONTROL_SERVER_SHUTDOWN, DeadLetter, ParsedEvent, parse_frame
+from producer_app.sequence import SequenceTracker
+from producer_app.sink import KafkaSink
+from producer_app.ws import ConnectLimiter, StreamConnection, StreamGroup, stream_urls
+
+log = logging.getLogger(__name__)
+
+_POLL_EVERY_FRAMES = 1024  # serve delivery callbacks from the hot path this often
+
+
+@dataclass
+class RunSummary:
+    """What one run did; printed by the replay command and asserted by tests."""
+
+    frames_received: int = 0
+    events_queued: int = 0
+    events_acked: int = 0
+    delivery_failures: int = 0
+    undelivered_at_exit: int = 0
+    duplicates_dropped: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    gap_trades_filled: int = 0
+    gap_trades_unfilled: int = 0
+    reconnects: dict[str, int] = field(default_factory=dict)
+    connections_opened: int = 0
+    ended_by_end_of_recording: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.delivery_failures == 0 and self.undelivered_at_exit == 0
+
+
+class Producer:
+    """Wires connections, parser, tracker, sink and gap filler together."""
+
+    def __init__(
+        self,
+        settings: ProducerSettings,
+        metrics: ProducerMetrics | None = None,
+        sink: KafkaSink | None = None,
+        rest: RestClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or ProducerMetrics()
+        self.sink = sink or KafkaSink(settings, self.metrics)
+        self.tracker = SequenceTracker(
+            settings.producer_gap_grace_s, settings.producer_max_pending_ranges
+        )
+        self.gap_filler = GapFiller(settings, self.tracker, self.sink, self.metrics, rest)
+        self.limiter = ConnectLimiter(
+            settings.producer_max_connect_attempts, settings.producer_connect_window_s
+        )
+        self._stop = asyncio.Event()
+        self._max_frame = settings.producer_max_frame_bytes
+        self.frames_received = 0
+        self.duplicates = 0
+        self.dead_letters: dict[str, int] = {}
+        self._synced_frames = 0
+        self._synced_duplicates = 0
+        self.groups: list[StreamGroup] = self._make_groups()
+
+    def _make_groups(self) -> list[StreamGroup]:
+        settings = self.settings
+        names = settings.stream_names
+        per = settings.producer_streams_per_connection
+        urls = stream_urls(settings.binance_ws_url, names, per, settings.producer_time_unit)
+        groups = []
+        for index, url in enumerate(urls):
+            chunk = names[index * per : (index + 1) * per]
+            trade_symbols = [
+                n.split("@", 1)[0].upper() for n in chunk if n.endswith("@" + STREAM_TRADE)
+            ]
+            groups.append(
+                StreamGroup(
+                    url,
+                    trade_symbols,
+                    settings,
+                    self.handle_frame,
+                    self.limiter,
+                    self.metrics,
+                    self._lost,
+                )
+            )
+        return groups
+
+    # -- hot path ---------------------------------------------------------------------------
+    def handle_frame(self, frame: bytes, conn: StreamConnection | None = None) -> None:
+        """Parse one frame, produce its event or dead letter. Never awaits or raises on data."""
+        self.frames_received += 1
+        received_at_us = time.time_ns() // 1000
+        result = parse_frame(frame, received_at_us, self._max_frame)
+        if isinstance(result, ParsedEvent):
+            if self.tracker.accept(
+                result.symbol, result.stream, result.sequence_id, result.price_time_us
+            ):
+                self.sink.produce_event(result.symbol, result.value)
+            else:
+                self.duplicates += 1
+        elif isinstance(result, DeadLetter):
+            code = result.code
+            self.dead_letters[code] = self.dead_letters.get(code, 0) + 1
+            self.metrics.dead_letters.labels(code).inc()
+            log.warning("dead letter (%s): %s", code, result.reason)
+            self.sink.produce_dead_letter(
+                result.reason,
+                result.raw,
+                result.symbol,
+                received_at_us,
+                conn.url if conn is not None else "",
+            )
+        else:
+            kind = result.kind
+            self.metrics.control_messages.labels(kind).inc()
+            log.info("control message %s on connection %s", kind, conn.id if conn else "-")
+            if kind == CONTROL_SERVER_SHUTDOWN and conn is not None:
+                conn.notice_server_shutdown()
+        if self.frames_received % _POLL_EVERY_FRAMES == 0:
+            self.sink.poll(0)
+
+    def _lost(self, symbols: Sequence[str]) -> None:
+        for symbol in symbols:
+            self.tracker.open_window(symbol)
+        self.gap_filler.poke()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _sync_metrics(self) -> None:
+        self.sink.sync_metrics()
+        if self.frames_received > self._synced_frames:
+            self.metrics.frames_received.inc(self.frames_received - self._synced_frames)
+            self._synced_frames = self.frames_received
+        if self.duplicates > self._synced_duplicates:
+            self.metrics.duplicates_dropped.labels("all").inc(
+                self.duplicates - self._synced_duplicates
+            )
+            self._synced_duplicates = self.duplicates
+
+    async def _housekeeping(self) -> None:
+        while True:
+            self.sink.poll(0)
+            self._sync_metrics()
+            await asyncio.sleep(0.2)
+
+    async def run(self) -> RunSummary:
+        await asyncio.to_thread(self.sink.check_broker)
+        try:
+            self.metrics.serve(self.settings.producer_metrics_port)
+        except OSError as err:
+            log.error(
+                "metrics endpoint on port %s unavailable: %s",
+                self.settings.producer_metrics_port,
+                err,
+            )
+        log.info(
+            "producing %s streams over %s connection(s) to %s",
+            len(self.settings.stream_names),
+            len(self.groups),
+            self.settings.kafka_topic_prices,
+        )
+        group_tasks = [
+            asyncio.create_task(g.run(), name=f"group-{i}") for i, g in enumerate(self.groups)
+        ]
+        filler = asyncio.create_task(self.gap_filler.run(), name="gap-filler")
+        housekeeping = asyncio.create_task(self._housekeeping(), name="housekeeping")
+        all_groups: asyncio.Future[Any] = asyncio.gather(*group_tasks)
+        stop_wait: asyncio.Future[Any] = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({all_groups, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for group in self.groups:
+                group.stop()
+            try:
+                await asyncio.wait_for(all_groups, timeout=10)
+            except TimeoutError:
+                log.error("connections did not close in 10 s")
+            stop_wait.cancel()
+            filler.cancel()
+            housekeeping.cancel()
+            await asyncio.gather(filler, housekeeping, return_exceptions=True)
+            await self.gap_filler.drain()
+            undelivered = await asyncio.to_thread(self.sink.flush)
+            self._sync_metrics()
+        return self.summary(undelivered)
+
+    def summary(self, undelivered: int = 0) -> RunSummary:
+        reconnects: dict[str, int] = {}
+        for group in self.groups:
+            for cause, count in group.reconnects.items():
+                reconnects[cause] = reconnects.get(cause, 0) + count
+        return RunSummary(
+            frames_received=self.frames_received,
+            events_queued=self.sink.produced_events,
+            events_acked=self.sink.events_acked,
+            delivery_failures=self.sink.failed,
+            undelivered_at_exit=undelivered,
+            duplicates_dropped=self.duplicates,
+            dead_letters=dict(self.dead_letters),
+            gap_trades_filled=self.gap_filler.filled,
+            gap_trades_unfilled=self.gap_filler.unfilled,
+            reconnects=reconnects,
+            connections_opened=sum(g.connections_opened for g in self.groups),
+            ended_by_end_of_recording=all(g.finished_by_end_of_recording for g in self.groups),
+        )

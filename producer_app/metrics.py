@@ -1,0 +1,98 @@
+"""Prometheus metrics of the producer, served on PRODUCER_METRICS_PORT.
+
+Data comes from the pipeline, the Kafka delivery callback, the WebSocket client and the
+gap filler; it goes to a Prometheus scrape (``GET /metrics``). Each ``ProducerMetrics``
+owns its registry, so tests can run several producers in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+# Produce latency = produce() call -> broker acknowledgement (delivery callback).
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class ProducerMetrics:
+    """All producer metrics in one registry."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.frames_received = Counter(
+            "producer_frames_received", "WebSocket data frames received", registry=r
+        )
+        self.events_produced = Counter(
+            "producer_events_produced",
+            "PriceEvents acknowledged by the Kafka broker (prices topic, live and REST-filled)",
+            registry=r,
+        )
+        self.duplicates_dropped = Counter(
+            "producer_duplicates_dropped",
+            "Events dropped because their (symbol, stream, sequence_id) was already produced",
+            ["stream"],
+            registry=r,
+        )
+        self.delivery_failures = Counter(
+            "producer_delivery_failures",
+            "Kafka deliveries that failed, by topic",
+            ["topic"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "producer_dead_letters",
+            "Frames sent to the dead-letter topic, by reason code",
+            ["reason"],
+            registry=r,
+        )
+        self.control_messages = Counter(
+            "producer_control_messages",
+            "Protocol messages (serverShutdown, replies)",
+            ["kind"],
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "producer_reconnects", "WebSocket connections replaced, by cause", ["cause"], registry=r
+        )
+        self.connect_attempts = Counter(
+            "producer_connect_attempts", "WebSocket connection attempts", registry=r
+        )
+        self.open_connections = Gauge(
+            "producer_open_connections", "WebSocket connections currently open", registry=r
+        )
+        self.gaps_detected = Counter(
+            "producer_gaps_detected", "Runs of missing trade ids detected", ["symbol"], registry=r
+        )
+        self.gap_trades_filled = Counter(
+            "producer_gap_trades_filled",
+            "Missing trades filled from the REST API",
+            ["symbol"],
+            registry=r,
+        )
+        self.gap_trades_unfilled = Counter(
+            "producer_gap_trades_unfilled",
+            "Missing trades the REST API could not fill",
+            ["symbol"],
+            registry=r,
+        )
+        self.produce_latency = Histogram(
+            "producer_produce_latency_seconds",
+            "produce() call to broker acknowledgement",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - a scrape endpoint
+        """Start the /metrics HTTP endpoint in a daemon thread (port 0: metrics not served)."""
+        if port == 0:
+            log.info("metrics endpoint disabled (port 0)")
+            return
+        start_http_server(port, addr=host, registry=self.registry)
+        log.info("metrics on http://%s:%s/metrics", host, port)
