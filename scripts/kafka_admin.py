@@ -72,23 +72,37 @@ def delete_topics(names: list[str]) -> None:
                 raise KafkaAdminError(f"could not delete topic {name}: {err}") from err
 
 
-def checkpoint_offsets(checkpoint: Path, topic: str) -> dict[int, int]:
-    """The offsets Spark will read next, from the newest file in <checkpoint>/offsets."""
-    offsets_dir = checkpoint / "offsets"
-    batches = sorted(
-        (int(p.name) for p in offsets_dir.glob("*") if p.name.isdigit()), reverse=True
-    ) if offsets_dir.is_dir() else []
+def _latest_offsets_for(offsets_dir: Path, topic: str) -> dict[int, int] | None:
+    batches = sorted((int(p.name) for p in offsets_dir.iterdir() if p.name.isdigit()), reverse=True)
     if not batches:
-        return {}
+        return None
     # Format: a version line, a metadata JSON line, then one JSON line per source.
-    lines = (offsets_dir / str(batches[0])).read_text().splitlines()
-    for line in lines[2:]:
+    for line in (offsets_dir / str(batches[0])).read_text().splitlines()[2:]:
         try:
             source = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(source, dict) and topic in source:
             return {int(p): int(o) for p, o in source[topic].items()}
+    return None
+
+
+def checkpoint_offsets(checkpoint: Path, topic: str) -> dict[int, int]:
+    """The offsets Spark reads next for topic, from the newest file of an offsets/ folder.
+
+    The consumer may keep one checkpoint per query under SPARK_CHECKPOINT_DIR, so every
+    offsets/ folder up to three levels down is looked at; the one naming the topic wins.
+    """
+    if not checkpoint.is_dir():
+        return {}
+    candidates = [checkpoint / "offsets"] + [
+        d for depth in ("*/offsets", "*/*/offsets", "*/*/*/offsets") for d in checkpoint.glob(depth)
+    ]
+    for offsets_dir in candidates:
+        if offsets_dir.is_dir():
+            found = _latest_offsets_for(offsets_dir, topic)
+            if found is not None:
+                return found
     return {}
 
 
