@@ -823,10 +823,10 @@ def test_docker_compose_config_validates_the_file() -> None:
     base = ("compose", "-f", str(COMPOSE_FILE), "--env-file", str(ENV_EXAMPLE))
     result = run_tool(docker, *base, "config", "-q")
     assert result.returncode == 0, result.stderr
-    profiles = run_tool(docker, *base, "--profile", "replay", "config", "--services")
+    profiles = run_tool(docker, *base, "--profile", "demo", "config", "--services")
     assert profiles.returncode == 0, profiles.stderr
     listed = set(profiles.stdout.split())
-    assert set().union(*LOCAL_STACK_SERVICES.values()) | {"replay"} <= listed
+    assert set().union(*LOCAL_STACK_SERVICES.values()) | {"replay", "producer-demo"} <= listed
 
 
 def iter_strings(node: Any) -> Iterator[str]:
