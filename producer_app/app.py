@@ -124,8 +124,9 @@ class Producer:
             self.dead_letters[code] = self.dead_letters.get(code, 0) + 1
             self.metrics.dead_letters.labels(code).inc()
             log.warning("dead letter (%s): %s", code, result.reason)
+            # "<code>: <detail>": groupable by code, precise for a human.
             self.sink.produce_dead_letter(
-                result.reason,
+                f"{code}: {result.reason}",
                 result.raw,
                 result.symbol,
                 received_at_us,

@@ -299,6 +299,8 @@ def _parse_message(msg: dict[str, Any], received_at_us: int) -> ParseResult:
             raise _Reject(WRONG_TYPE, "field 'e' must be a string, got null")
         if stream_name is not None and "@" in stream_name:
             kind = stream_name.split("@", 1)[1]
+            if kind in ("trade", "miniTicker"):
+                raise _Reject(MISSING_FIELD, f"missing field 'e' (event type) on a {kind} stream")
             raise _Reject(UNSUPPORTED, f"unsupported event type: stream {kind!r} (no 'e' field)")
         if "u" in data and "b" in data and "a" in data:
             raise _Reject(UNSUPPORTED, "unsupported event type: bookTicker (no 'e' field)")
