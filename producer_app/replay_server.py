@@ -295,11 +295,10 @@ class ReplayServer:
         if parts.path == "/api/v3/historicalTrades":
             self.stats.rest_requests += 1
             status, body = self.historical_trades(parts.query, request.headers)
-            response = connection.respond(status, "")
-            response.body = body
-            response.headers["Content-Type"] = "application/json"
-            response.headers["Content-Length"] = str(len(body))
-            return response
+            headers = Headers(
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+            )
+            return Response(status.value, status.phrase, headers, body)
         return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
 
     def historical_trades(

@@ -128,7 +128,9 @@ FrameHandler = Callable[[bytes, "StreamConnection"], None]
 class StreamConnection:
     """One open WebSocket and the task reading it."""
 
-    def __init__(self, url: str, ws: ClientConnection, handler: FrameHandler) -> None:
+    def __init__(
+        self, url: str, ws: ClientConnection, handler: FrameHandler, wake: asyncio.Event
+    ) -> None:
         self.id = next(_ids)
         self.url = url
         self.ws = ws
@@ -141,6 +143,7 @@ class StreamConnection:
         self.close_reason = ""
         self.error: BaseException | None = None
         self._handler = handler
+        self._wake = wake  # the owning group's supervisor
         self.task = asyncio.create_task(self._read(), name=f"ws-reader-{self.id}")
 
     async def _read(self) -> None:
@@ -162,6 +165,7 @@ class StreamConnection:
 
     def notice_server_shutdown(self) -> None:
         self.shutdown_notice.set()
+        self._wake.set()
 
     @property
     def done(self) -> bool:
@@ -238,7 +242,7 @@ class StreamGroup:
             return None
         self.connections_opened += 1
         self._metrics.open_connections.inc()
-        conn = StreamConnection(self.url, ws, self._handler)
+        conn = StreamConnection(self.url, ws, self._handler, self._wake)
         conn.task.add_done_callback(self._connection_ended)
         log.info("connection %s open: %s", conn.id, self.url)
         return conn
