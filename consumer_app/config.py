@@ -1,0 +1,95 @@
+"""Settings of the consumer, read once from the environment (and `.env`).
+
+Where the values come from: the process environment, then `.env` in the working
+directory. Where they go: every other consumer module receives this object (or a
+field of it) as an argument; nothing else in consumer_app reads os.environ.
+The names are fixed by docs/architecture.md; consumer-only knobs start with CONSUMER_.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConsumerSettings(BaseSettings):
+    """Everything the Spark streaming job needs to know about its world."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # Spark
+    spark_master: str = Field("local[*]", alias="SPARK_MASTER")
+    spark_checkpoint_dir: str = Field(".local/checkpoints/consumer", alias="SPARK_CHECKPOINT_DIR")
+    # "" = as fast as possible (processingTime 0), "availableNow" = drain the topic then
+    # stop, anything else is a processingTime interval such as "15 seconds".
+    spark_trigger_interval: str = Field("", alias="SPARK_TRIGGER_INTERVAL")
+    spark_max_offsets_per_trigger: int = Field(200_000, alias="SPARK_MAX_OFFSETS_PER_TRIGGER", gt=0)
+    spark_jars: str = Field("", alias="SPARK_JARS")
+
+    # Kafka
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", alias="KAFKA_BOOTSTRAP_SERVERS")
+    kafka_topic_prices: str = Field("binance.prices", alias="KAFKA_TOPIC_PRICES")
+    kafka_topic_gaps: str = Field("binance.gaps", alias="KAFKA_TOPIC_GAPS")
+
+    # PostgreSQL
+    postgres_host: str = Field("127.0.0.1", alias="POSTGRES_HOST")
+    postgres_port: int = Field(5432, alias="POSTGRES_PORT")
+    postgres_db: str = Field("crypto", alias="POSTGRES_DB")
+    postgres_user: str = Field("pipeline", alias="POSTGRES_USER")
+    postgres_password: SecretStr = Field(SecretStr(""), alias="POSTGRES_PASSWORD")
+
+    # Redis
+    redis_host: str = Field("127.0.0.1", alias="REDIS_HOST")
+    redis_port: int = Field(6379, alias="REDIS_PORT")
+    redis_db: int = Field(0, alias="REDIS_DB")
+
+    # consumer's own knobs
+    consumer_metrics_port: int = Field(9109, alias="CONSUMER_METRICS_PORT")
+    # 0 disables the metrics HTTP server (tests run several jobs in one process).
+    consumer_redis_prefix: str = Field("consumer:last_price", alias="CONSUMER_REDIS_PREFIX")
+    consumer_shuffle_partitions: int = Field(2, alias="CONSUMER_SHUFFLE_PARTITIONS", gt=0)
+    consumer_driver_memory: str = Field("2g", alias="CONSUMER_DRIVER_MEMORY")
+    # true: stop when Kafka has already deleted offsets we never read (exactly-once
+    # cannot be kept); false: log and skip them.
+    consumer_fail_on_data_loss: bool = Field(True, alias="CONSUMER_FAIL_ON_DATA_LOSS")
+    consumer_sink_gaps: bool = Field(True, alias="CONSUMER_SINK_GAPS")
+    consumer_status_file: str = Field("", alias="CONSUMER_STATUS_FILE")
+    # how long a lost Redis/PostgreSQL connection is retried before the job gives up
+    consumer_retry_seconds: float = Field(60.0, alias="CONSUMER_RETRY_SECONDS", ge=0)
+    # optimistic: COPY straight into staging.raw_prices, merge only after a key conflict;
+    # merge: always COPY into a temp table + INSERT ... ON CONFLICT DO NOTHING
+    consumer_write_mode: Literal["optimistic", "merge"] = Field("optimistic", alias="CONSUMER_WRITE_MODE")
+
+    @property
+    def postgres_conninfo(self) -> str:
+        """libpq conninfo built from the POSTGRES_* settings (password never logged)."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(
+            host=self.postgres_host,
+            port=self.postgres_port,
+            dbname=self.postgres_db,
+            user=self.postgres_user,
+            password=self.postgres_password.get_secret_value() or None,
+            application_name="consumer_app",
+        )
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    @property
+    def status_path(self) -> str:
+        """The JSON status file `make status` reads (default: inside the checkpoint dir)."""
+        return self.consumer_status_file or f"{self.spark_checkpoint_dir.rstrip('/')}/status.json"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> ConsumerSettings:
+    """The process-wide settings, read from the environment exactly once."""
+    return ConsumerSettings()

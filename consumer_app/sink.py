@@ -1,0 +1,314 @@
+"""Exactly-once writes of micro-batches into PostgreSQL.
+
+Where the data comes from: the Arrow table job.py collects on the driver for one
+micro-batch (columns: schema.RAW_PRICES_COLUMNS, then the helpers price_time_us,
+received_at_us, is_key_last), and gap rows from the binance.gaps topic.
+Where it goes: staging.raw_prices, staging.consumer_batches, staging.feed_gaps.
+
+Exactly-once: one transaction per micro-batch inserts the ledger row
+(query_id, batch_id) and COPYs the rows. A batch Spark re-executes after a crash finds
+its ledger row and is skipped. If the checkpoint is lost, the same events come back
+under a new query id: the first COPY then hits the unique key
+(symbol, stream, sequence_id, event_time), the transaction rolls back to a savepoint
+taken after the ledger insert, and the rows go through a temp table with
+INSERT ... ON CONFLICT DO NOTHING. The direct COPY is the fast path (bench figures
+in docs/benchmarks/consumer.md); the merge path costs more but only runs on replays.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from consumer_app.errors import ServiceUnavailableError, SinkError
+from consumer_app.schema import RAW_PRICES_COLUMNS
+
+log = logging.getLogger(__name__)
+
+US_PER_DAY = 86_400_000_000
+WriteMode = Literal["optimistic", "merge"]
+T = TypeVar("T")
+
+# Binary COPY types per column. timestamptz columns are sent with the *timestamp*
+# binary dumper from naive UTC datetimes: both types are int64 µs since 2000-01-01 UTC
+# on the wire, and naive datetimes come out of numpy ~50x faster than aware ones.
+_COPY_TYPES: dict[str, str] = {
+    "symbol": "text",
+    "stream": "text",
+    "sequence_id": "int8",
+    "event_time": "timestamp",
+    "exchange_event_time": "timestamp",
+    "price": "numeric",
+    "quantity": "numeric",
+    "is_buyer_maker": "bool",
+    "previous_price": "numeric",
+    "price_change": "numeric",
+    "price_change_pct": "numeric",
+    "received_at": "timestamp",
+    "source": "text",
+}
+_RAW_PRICES = sql.Identifier("staging", "raw_prices")
+_TEMP_ROWS = sql.Identifier("consumer_batch_rows")
+_COLUMN_LIST = sql.SQL(", ").join(sql.Identifier(c) for c in RAW_PRICES_COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What write_batch did: rows inserted, and whether the batch was already committed."""
+
+    rows_inserted: int
+    skipped: bool
+    merged: bool
+
+
+def arrow_columns_to_python(table: pa.Table) -> list[list[Any]]:
+    """Arrow columns -> Python value lists in COPY order, the fast way per type."""
+    columns: list[list[Any]] = []
+    for name in RAW_PRICES_COLUMNS:
+        column = table.column(name)
+        if pa.types.is_timestamp(column.type):
+            # timestamp columns are never null here (parse_events filters them)
+            values = column.cast(pa.timestamp("us")).to_numpy().astype(object)
+            columns.append(list(values))
+        elif pa.types.is_integer(column.type) and column.null_count == 0:
+            columns.append(column.to_numpy().tolist())
+        else:
+            columns.append(column.to_pylist())
+    return columns
+
+
+def batch_days(price_time_us: np.ndarray) -> list[dt.date]:
+    """Distinct UTC days of a batch's price times, ascending."""
+    if price_time_us.size == 0:
+        return []
+    day_numbers = np.unique(np.floor_divide(price_time_us, US_PER_DAY))
+    epoch = dt.date(1970, 1, 1)
+    return [epoch + dt.timedelta(days=int(d)) for d in day_numbers]
+
+
+def contiguous_ranges(days: Sequence[dt.date]) -> list[tuple[dt.date, dt.date]]:
+    """[d1, d2, d3, d7] -> [(d1, d3), (d7, d7)] for one CALL per run of days."""
+    ranges: list[tuple[dt.date, dt.date]] = []
+    for day in sorted(days):
+        if ranges and ranges[-1][1] + dt.timedelta(days=1) == day:
+            ranges[-1] = (ranges[-1][0], day)
+        else:
+            ranges.append((day, day))
+    return ranges
+
+
+class PostgresSink:
+    """One connection, reused across batches; reconnects (and retries) when it drops."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        retry_seconds: float = 60.0,
+        write_mode: WriteMode = "optimistic",
+    ) -> None:
+        self._conninfo = conninfo
+        self._retry_seconds = retry_seconds
+        self._write_mode: WriteMode = write_mode
+        self._conn: psycopg.Connection[Any] | None = None
+        self._known_days: set[dt.date] = set()
+        self._temp_ready = False
+
+    # connection -------------------------------------------------------------------
+    def _target(self) -> str:
+        params = psycopg.conninfo.conninfo_to_dict(self._conninfo)
+        return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg.connect(self._conninfo, autocommit=False, connect_timeout=5)
+            except psycopg.OperationalError as err:
+                raise ServiceUnavailableError("PostgreSQL", self._target(), str(err).strip()) from err
+            self._temp_ready = False
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def run(self, what: str, action: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run a read-only or idempotent action on the connection, with reconnects."""
+        return self._with_retry(what, action)
+
+    def _with_retry(self, what: str, action: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run `action` on a live connection; on a lost connection reconnect and run it again.
+
+        Every action is safe to repeat: the ledger row makes a repeated batch a no-op.
+        """
+        deadline = time.monotonic() + self._retry_seconds
+        delay = 0.2
+        while True:
+            try:
+                return action(self.connection())
+            except (psycopg.OperationalError, ServiceUnavailableError) as err:
+                if self._conn is not None and not self._conn.closed:
+                    if not self._conn.broken:
+                        raise  # a real error on a working connection: not ours to retry
+                self.close()
+                if time.monotonic() >= deadline:
+                    if isinstance(err, ServiceUnavailableError):
+                        raise
+                    raise ServiceUnavailableError(
+                        "PostgreSQL", self._target(), str(err).strip()
+                    ) from err
+                log.warning("PostgreSQL unavailable during %s (%s); retrying in %.1fs", what, err, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # ledger -----------------------------------------------------------------------
+    def ledger_position(self, query_id: str, batch_id: int) -> tuple[int | None, bool]:
+        """(latest committed batch id of the query or None, whether batch_id is committed)."""
+
+        def read(conn: psycopg.Connection[Any]) -> tuple[int | None, bool]:
+            row = conn.execute(
+                "select (select max(batch_id) from staging.consumer_batches where query_id = %s),"
+                " exists (select 1 from staging.consumer_batches"
+                "         where query_id = %s and batch_id = %s)",
+                (query_id, query_id, batch_id),
+            ).fetchone()
+            conn.rollback()
+            assert row is not None  # noqa: S101 - a scalar select always returns one row
+            return row[0], bool(row[1])
+
+        return self._with_retry("ledger read", read)
+
+    # partitions -------------------------------------------------------------------
+    def ensure_partitions(self, days: Iterable[dt.date]) -> None:
+        """Create the day partitions a batch needs (once per day per process)."""
+        missing = sorted(set(days) - self._known_days)
+        if not missing:
+            return
+
+        def create(conn: psycopg.Connection[Any]) -> None:
+            for first, last in contiguous_ranges(missing):
+                conn.execute("call staging.create_raw_prices_partitions(%s, %s)", (first, last))
+            conn.commit()
+
+        self._with_retry("partition creation", create)
+        self._known_days.update(missing)
+
+    # batches ----------------------------------------------------------------------
+    def write_batch(self, query_id: str, batch_id: int, table: pa.Table) -> WriteResult:
+        """Commit one micro-batch exactly once (see module docstring)."""
+        price_time_us = table.column("price_time_us").to_numpy()
+        self.ensure_partitions(batch_days(price_time_us))
+        columns = arrow_columns_to_python(table)
+        return self._with_retry(
+            f"batch {batch_id}", lambda conn: self._write(conn, query_id, batch_id, columns, table.num_rows)
+        )
+
+    def _write(
+        self,
+        conn: psycopg.Connection[Any],
+        query_id: str,
+        batch_id: int,
+        columns: list[list[Any]],
+        row_count: int,
+    ) -> WriteResult:
+        try:
+            with conn.transaction():
+                claimed = conn.execute(
+                    "insert into staging.consumer_batches (query_id, batch_id, row_count)"
+                    " values (%s, %s, %s) on conflict (query_id, batch_id) do nothing",
+                    (query_id, batch_id, row_count),
+                ).rowcount
+                if claimed == 0:
+                    log.info("batch %s of query %s is already committed: skipped", batch_id, query_id)
+                    return WriteResult(rows_inserted=0, skipped=True, merged=False)
+                if self._write_mode == "optimistic":
+                    try:
+                        with conn.transaction():  # savepoint: a conflict undoes only the COPY
+                            self._copy(conn, sql.SQL("copy {} ({}) from stdin (format binary)").format(
+                                _RAW_PRICES, _COLUMN_LIST), columns)
+                        return WriteResult(rows_inserted=row_count, skipped=False, merged=False)
+                    except psycopg.errors.UniqueViolation:
+                        log.warning(
+                            "batch %s of query %s holds rows already stored (replay after a lost"
+                            " checkpoint?): merging with ON CONFLICT DO NOTHING", batch_id, query_id)
+                inserted = self._merge(conn, columns)
+                return WriteResult(rows_inserted=inserted, skipped=False, merged=True)
+        except psycopg.errors.DataError as err:
+            raise SinkError(f"batch {batch_id} holds a value PostgreSQL rejects: {err}") from err
+        except psycopg.errors.IntegrityError as err:
+            raise SinkError(f"batch {batch_id} breaks a table constraint: {err}") from err
+
+    def _copy(self, conn: psycopg.Connection[Any], statement: sql.Composed, columns: list[list[Any]]) -> None:
+        with conn.cursor().copy(statement) as copy:
+            copy.set_types([_COPY_TYPES[c] for c in RAW_PRICES_COLUMNS])
+            write_row = copy.write_row
+            for row in zip(*columns, strict=True):
+                write_row(row)
+
+    def _merge(self, conn: psycopg.Connection[Any], columns: list[list[Any]]) -> int:
+        if not self._temp_ready:
+            conn.execute(
+                sql.SQL(
+                    "create temp table if not exists {} (like {} including defaults)"
+                    " on commit delete rows"
+                ).format(_TEMP_ROWS, _RAW_PRICES)
+            )
+            self._temp_ready = True
+        conn.execute(sql.SQL("truncate {}").format(_TEMP_ROWS))
+        self._copy(conn, sql.SQL("copy {} ({}) from stdin (format binary)").format(_TEMP_ROWS, _COLUMN_LIST), columns)
+        return conn.execute(
+            sql.SQL(
+                "insert into {} ({cols}) select {cols} from {} on conflict do nothing"
+            ).format(_RAW_PRICES, _TEMP_ROWS, cols=_COLUMN_LIST)
+        ).rowcount
+
+    # gaps -------------------------------------------------------------------------
+    def write_gaps(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Upsert gap rows (staging.feed_gaps column order, see GAP_COLUMNS); idempotent."""
+        if not rows:
+            return 0
+
+        def upsert(conn: psycopg.Connection[Any]) -> int:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(_GAP_UPSERT, rows)
+                return len(rows)
+
+        return self._with_retry("gap upsert", upsert)
+
+
+GAP_COLUMNS = (
+    "symbol",
+    "stream",
+    "first_missing_id",
+    "last_missing_id",
+    "window_start",
+    "window_end",
+    "filled_count",
+    "unfilled_count",
+    "status",
+    "reason",
+    "detected_at",
+)
+# A later report of the same gap (e.g. filled after all) replaces an older one; an
+# older or identical report changes nothing, so replaying the topic is harmless.
+_GAP_UPSERT = sql.SQL(
+    "insert into staging.feed_gaps ({cols}) values ({vals})"
+    " on conflict (symbol, stream, window_start, first_missing_id) do update set"
+    " last_missing_id = excluded.last_missing_id, window_end = excluded.window_end,"
+    " filled_count = excluded.filled_count, unfilled_count = excluded.unfilled_count,"
+    " status = excluded.status, reason = excluded.reason, detected_at = excluded.detected_at"
+    " where excluded.detected_at > staging.feed_gaps.detected_at"
+).format(
+    cols=sql.SQL(", ").join(sql.Identifier(c) for c in GAP_COLUMNS),
+    vals=sql.SQL(", ").join(sql.Placeholder() * len(GAP_COLUMNS)),
+)
