@@ -377,6 +377,21 @@ def test_airflow_metadata_database_is_created_before_init_sql() -> None:
     )  # the entrypoint sorts by name
 
 
+def test_every_python_module_a_service_runs_exists() -> None:
+    """`python -m X` in a command must name a module of the repository (X/__main__.py or X.py)."""
+    modules = set()
+    for name, service in services().items():
+        command = service.get("command")
+        if isinstance(command, list) and command[:2] == ["python", "-m"]:
+            modules.add((name, command[2]))
+    assert {module for _, module in modules} >= {"producer_app", "consumer_app"}
+    for name, module in modules:
+        path = ROOT / Path(*module.split("."))
+        assert (path / "__main__.py").is_file() or path.with_suffix(".py").is_file(), (
+            f"{name} runs `python -m {module}`, which does not exist in the repository"
+        )
+
+
 def test_compose_has_the_services_of_the_local_stack() -> None:
     names = set(services())
     for part, expected in LOCAL_STACK_SERVICES.items():
