@@ -95,6 +95,8 @@ load_env() {
     export AIRFLOW_ADMIN_USER="${AIRFLOW_ADMIN_USER:-admin}"
     export AIRFLOW_ADMIN_PASSWORD="${AIRFLOW_ADMIN_PASSWORD:-$POSTGRES_PASSWORD}"
     export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}"
+    DEMO_RECORDING="${DEMO_RECORDING:-recordings/btcusdt-trade-2020-01-01.jsonl.gz}"
+    DEMO_SPEED="${DEMO_SPEED:-60}"
     # The Kafka connector jars for spark.jars, comma-separated (the consumer reads SPARK_JARS).
     if [[ -d "$JARS/spark" ]]; then
         SPARK_JARS="${SPARK_JARS:-$(find "$JARS/spark" -name '*.jar' | sort | paste -sd, -)}"
@@ -478,8 +480,6 @@ EOF
 }
 
 # ----------------------------------------------------------------------------- pipeline apps
-DEMO_RECORDING="${DEMO_RECORDING:-recordings/btcusdt-trade-2020-01-01.jsonl.gz}"
-DEMO_SPEED="${DEMO_SPEED:-60}"
 
 app_running() { local pid; pid="$(pidfile_pid "$RUN/$1.pid")"; pid_alive "$pid"; }
 
@@ -577,7 +577,7 @@ start_airflow() {
     airflow_env
     local logfile="$LOGS/airflow-db-migrate.log" stamp="$LOCAL/airflow/.migrated" version
     # db migrate is idempotent but slow; redo it only when the Airflow version changed.
-    version="$("$PY" -c 'import airflow; print(airflow.__version__)' 2>/dev/null)"
+    version="$("$PY" -c 'from importlib.metadata import version; print(version("apache-airflow"))' 2>/dev/null)"
     if [[ "$(cat "$stamp" 2>/dev/null)" != "$version" ]]; then
         log "airflow db migrate (Airflow $version, metadata in Postgres database 'airflow')"
         "$VENV/bin/airflow" db migrate >"$logfile" 2>&1 || die "airflow db migrate failed; see $logfile"
@@ -589,6 +589,35 @@ start_airflow() {
     start_app airflow-scheduler 0 - 5 "$VENV/bin/airflow" scheduler --skip-serve-logs
     start_app airflow-dag-processor 0 - 5 "$VENV/bin/airflow" dag-processor
     wait_for "Airflow API server" "$LOGS/airflow-api-server.log" "run 'make down' and retry" airflow_health
+}
+
+airflow_token() {
+    curl -s -m 10 -H 'Content-Type: application/json' \
+        -d "{\"username\": \"$AIRFLOW_ADMIN_USER\", \"password\": \"$AIRFLOW_ADMIN_PASSWORD\"}" \
+        "http://127.0.0.1:${AIRFLOW_PORT}/auth/token" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["access_token"])'
+}
+
+airflow_unpause() { # dag_id : new DAGs start paused; the stack's DAG should run on its schedule
+    local dag="$1" token i
+    token="$(airflow_token 2>/dev/null)" || { log "WARNING: no Airflow token; DAG $dag left as it is"; return 0; }
+    for ((i = 0; i < 60; i++)); do
+        if curl -fsS -m 5 -o /dev/null -X PATCH -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+            -d '{"is_paused": false}' "http://127.0.0.1:${AIRFLOW_PORT}/api/v2/dags/$dag" 2>/dev/null; then
+            log "Airflow DAG $dag loaded and unpaused"
+            return 0
+        fi
+        sleep 1
+    done
+    log "WARNING: DAG $dag not found by Airflow within 60 s; see $LOGS/airflow-dag-processor.log"
+}
+
+wait_for_rows() { # up to N seconds until staging.raw_prices has rows, so the counts printed mean something
+    local deadline=$((SECONDS + $1)) rows
+    while ((SECONDS < deadline)); do
+        rows="$(psql_app -tA -c 'select count(*) from staging.raw_prices' 2>/dev/null || echo 0)"
+        ((${rows:-0} > 0)) && return 0
+        sleep 2
+    done
 }
 
 airflow_login_check() { # POST /auth/token with the configured login; prints the HTTP status
@@ -697,7 +726,7 @@ cmd_pipeline() { # demo|up
         start_replay_server
         export BINANCE_WS_URL="ws://${REPLAY_HOST}:${REPLAY_PORT}"
         export BINANCE_REST_URL="http://${REPLAY_HOST}:${REPLAY_PORT}"
-        BINANCE_SYMBOLS="$(symbols_of_recording "$ROOT/$DEMO_RECORDING")"
+        BINANCE_SYMBOLS="${DEMO_SYMBOLS:-$(symbols_of_recording "$ROOT/$DEMO_RECORDING")}"
         export BINANCE_SYMBOLS BINANCE_STREAMS=trade
         log "producer -> replay server $BINANCE_WS_URL ($DEMO_RECORDING at speed $DEMO_SPEED), symbols $BINANCE_SYMBOLS"
     else
@@ -710,9 +739,10 @@ cmd_pipeline() { # demo|up
     if [[ "$login" != 201 ]]; then
         log "WARNING: Airflow login as $AIRFLOW_ADMIN_USER answered HTTP $login (expected 201); see $LOGS/airflow-api-server.log"
     fi
+    [[ -f "$ROOT/airflow/dags/get_daily_summary.py" ]] && airflow_unpause get_daily_summary
     trap - EXIT
-    log "$mode up in $((SECONDS - t0))s"
-    sleep "${STACK_COUNT_DELAY:-5}"
+    log "$mode up in $((SECONDS - t0))s; waiting up to ${STACK_COUNT_DELAY:-60}s for the first rows"
+    wait_for_rows "${STACK_COUNT_DELAY:-60}"
     print_where_to_look
 }
 
