@@ -531,6 +531,70 @@ def test_app_images_use_the_locked_python() -> None:
             )
 
 
+# ----------------------------------------------------------------------------- server settings
+#: Settings of the local config files that are about where the local process lives (host
+#: addresses, sockets, data directories, listeners): compose sets these its own way.
+LOCAL_ONLY_SETTINGS = {
+    "postgresql.conf": {"listen_addresses", "unix_socket_directories", "port"},
+    "redis.conf": {"bind", "protected-mode", "port", "dir", "daemonize"},
+    "server.properties": {
+        "listeners",
+        "advertised.listeners",
+        "controller.quorum.voters",
+        "log.dirs",
+        "listener.security.protocol.map",
+    },
+}
+
+
+def stack_heredoc(config_name: str) -> dict[str, str]:
+    """The key/value lines scripts/stack.sh writes into a local server's config file."""
+    stack = STACK_SCRIPT.read_text(encoding="utf-8")
+    match = re.search(
+        rf"cat >>?\S*{re.escape(config_name)}\S* <<'?EOF'?\n(.*?)\nEOF", stack, re.DOTALL
+    )
+    assert match, f"scripts/stack.sh no longer writes {config_name} from a heredoc"
+    values, _ = read_env_example()
+    settings: dict[str, str] = {}
+    for line in match.group(1).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, value = re.split(r"\s*=\s*|\s+", line, maxsplit=1)
+        value = re.sub(r"\$\{?(\w+)\}?", lambda m: values.get(m.group(1), m.group(0)), value)
+        settings[key] = value.strip("'\"")
+    return {k: v for k, v in settings.items() if k not in LOCAL_ONLY_SETTINGS[config_name]}
+
+
+def test_postgres_server_settings_match_the_local_stack() -> None:
+    command = services()["postgres"]["command"]
+    compose = dict(command[i + 1].split("=", 1) for i, arg in enumerate(command) if arg == "-c")
+    assert stack_heredoc("postgresql.conf") == compose
+
+
+def test_redis_server_settings_match_the_local_stack() -> None:
+    command = services()["redis"]["command"]
+    assert command[0] == "redis-server"
+    compose: dict[str, str] = {}
+    key = ""
+    for arg in command[1:]:
+        if arg.startswith("--"):
+            key = arg[2:]
+            compose[key] = ""
+        else:
+            compose[key] = f"{compose[key]} {arg}".strip()
+    assert stack_heredoc("redis.conf") == compose
+
+
+def test_kafka_broker_settings_match_the_local_stack() -> None:
+    kafka_env = environment(resolved_compose()["services"]["kafka"])
+    for key, value in stack_heredoc("server.properties").items():
+        variable = "KAFKA_" + key.upper().replace(".", "_")
+        assert kafka_env.get(variable) == value, (
+            f"{key}={value} locally, {variable}={kafka_env.get(variable)}"
+        )
+
+
 # ----------------------------------------------------------------------------- topics and settings
 def test_topics_and_partitions_match_env_example_and_the_local_stack() -> None:
     values, _ = read_env_example()
