@@ -688,6 +688,7 @@ cmd_status() {
 # ----------------------------------------------------------------------------- verbs
 cmd_services() {
     local t0=$SECONDS
+    preflight_ports services
     install_all
     start_postgres
     start_redis
@@ -716,8 +717,24 @@ on_failed_start() {
     fi
 }
 
+preflight_ports() { # mode : every port the stack will open is ours already or free, before anything starts
+    pg_running || require_port_free "$POSTGRES_PORT" PostgreSQL POSTGRES_PORT
+    app_running redis || require_port_free "$REDIS_PORT" Redis REDIS_PORT
+    if ! app_running kafka; then
+        require_port_free "$KAFKA_PORT" Kafka KAFKA_BOOTSTRAP_SERVERS
+        require_port_free "$KAFKA_CONTROLLER_PORT" "the Kafka controller" KAFKA_CONTROLLER_PORT
+    fi
+    [[ "${1:-}" == services ]] && return 0
+    app_running consumer || require_port_free "$CONSUMER_METRICS_PORT" consumer CONSUMER_METRICS_PORT
+    app_running producer || require_port_free "$PRODUCER_METRICS_PORT" producer PRODUCER_METRICS_PORT
+    if [[ "${1:-}" == demo ]] && ! app_running replay-server; then require_port_free "$REPLAY_PORT" "replay server" REPLAY_PORT; fi
+    app_running airflow-api-server || require_port_free "$AIRFLOW_PORT" "Airflow API server" AIRFLOW_PORT
+}
+
 cmd_pipeline() { # demo|up
     local mode="$1" t0=$SECONDS
+    check_disk
+    preflight_ports "$mode"
     # A failed start stops what runs, so nothing is left half-running.
     trap on_failed_start EXIT
     cmd_services
