@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,13 @@ from producer_app.config import ProducerSettings
 from producer_app.events import STREAM_TRADE
 from producer_app.gaps import GapFiller, RestClient
 from producer_app.metrics import ProducerMetrics
-from producer_app.parser import CONTROL_SERVER_SHUTDOWN, DeadLetter, ParsedEvent, parse_frame
+from producer_app.parser import (
+    CONTROL_SERVER_SHUTDOWN,
+    Control,
+    DeadLetter,
+    ParsedEvent,
+    parse_frame,
+)
 from producer_app.sequence import SequenceTracker
 from producer_app.sink import KafkaSink
 from producer_app.ws import ConnectLimiter, StreamConnection, StreamGroup, stream_urls
@@ -64,8 +70,9 @@ class Producer:
         rest: RestClient | None = None,
     ) -> None:
         self.settings = settings
-        self.metrics = metrics or ProducerMetrics()
-        self.sink = sink or KafkaSink(settings, self.metrics)
+        self.metrics = metrics if metrics is not None else ProducerMetrics()
+        # "is not None": a KafkaSink with an empty queue has len() 0 and is falsy.
+        self.sink = sink if sink is not None else KafkaSink(settings, self.metrics)
         self.tracker = SequenceTracker(
             settings.producer_gap_grace_s, settings.producer_max_pending_ranges
         )
@@ -80,6 +87,7 @@ class Producer:
         self.dead_letters: dict[str, int] = {}
         self._synced_frames = 0
         self._synced_duplicates = 0
+        self.handle_frame = self._make_handler()
         self.groups: list[StreamGroup] = self._make_groups()
 
     def _make_groups(self) -> list[StreamGroup]:
@@ -107,19 +115,53 @@ class Producer:
         return groups
 
     # -- hot path ---------------------------------------------------------------------------
-    def handle_frame(self, frame: bytes, conn: StreamConnection | None = None) -> None:
-        """Parse one frame, produce its event or dead letter. Never awaits or raises on data."""
-        self.frames_received += 1
-        received_at_us = time.time_ns() // 1000
-        result = parse_frame(frame, received_at_us, self._max_frame)
-        if isinstance(result, ParsedEvent):
-            if self.tracker.accept(
-                result.symbol, result.stream, result.sequence_id, result.price_time_us
-            ):
-                self.sink.produce_event(result.symbol, result.value)
+    def _make_handler(self) -> Callable[[bytes, StreamConnection | None], None]:
+        """Build the per-frame handler as a closure over its collaborators.
+
+        Local names instead of attribute lookups, and the Kafka ``produce`` called directly,
+        save ~1 µs a frame (docs/benchmarks/producer.md); the logic is the plain sequence
+        parse -> dedup -> produce, with dead letters and control messages off the fast path.
+        """
+        parse = parse_frame
+        max_frame = self._max_frame
+        accept = self.tracker.accept
+        sink = self.sink
+        kafka_produce = sink.raw_producer.produce
+        topic = sink.topic_prices
+        time_ns = time.time_ns
+        parsed_event = ParsedEvent
+        poll_every = _POLL_EVERY_FRAMES
+
+        def handle_frame(frame: bytes, conn: StreamConnection | None = None) -> None:
+            """Parse one frame, produce its event or dead letter. Never awaits or raises on data."""
+            self.frames_received += 1
+            received_at_us = time_ns() // 1000
+            result = parse(frame, received_at_us, max_frame)
+            if result.__class__ is parsed_event:
+                event: ParsedEvent = result
+                if accept(event.symbol, event.stream, event.sequence_id, event.price_time_us):
+                    try:
+                        kafka_produce(topic, event.value, event.symbol)
+                    except BufferError:
+                        sink.produce_event(event.symbol, event.value)  # waits for room
+                    else:
+                        sink.produced_events += 1
+                else:
+                    self.duplicates += 1
             else:
-                self.duplicates += 1
-        elif isinstance(result, DeadLetter):
+                self._handle_other(result, received_at_us, conn)
+            if self.frames_received % poll_every == 0:
+                sink.poll(0)
+
+        return handle_frame
+
+    def _handle_other(
+        self,
+        result: DeadLetter | Control | ParsedEvent,
+        received_at_us: int,
+        conn: StreamConnection | None,
+    ) -> None:
+        if isinstance(result, DeadLetter):
             code = result.code
             self.dead_letters[code] = self.dead_letters.get(code, 0) + 1
             self.metrics.dead_letters.labels(code).inc()
@@ -132,14 +174,12 @@ class Producer:
                 received_at_us,
                 conn.url if conn is not None else "",
             )
-        else:
+        elif isinstance(result, Control):
             kind = result.kind
             self.metrics.control_messages.labels(kind).inc()
             log.info("control message %s on connection %s", kind, conn.id if conn else "-")
             if kind == CONTROL_SERVER_SHUTDOWN and conn is not None:
                 conn.notice_server_shutdown()
-        if self.frames_received % _POLL_EVERY_FRAMES == 0:
-            self.sink.poll(0)
 
     def _lost(self, symbols: Sequence[str]) -> None:
         for symbol in symbols:

@@ -100,7 +100,7 @@ class GapFiller:
         self._tracker = tracker
         self._sink = sink
         self._metrics = metrics
-        self._rest = rest or RestClient(settings)
+        self._rest = rest if rest is not None else RestClient(settings)
         self._wakeup = asyncio.Event()
         self.filled = 0
         self.unfilled = 0

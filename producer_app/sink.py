@@ -115,6 +115,11 @@ class KafkaSink:
                 if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise SinkError(f"cannot create topic {topic}: {err}") from err
 
+    @property
+    def raw_producer(self) -> Producer:
+        """The confluent-kafka producer, for the pipeline's hot path (prices topic only)."""
+        return self._producer
+
     # -- produce -----------------------------------------------------------------------
     def produce_event(self, symbol: str, value: bytes) -> None:
         """Queue one PriceEvent (already serialized) keyed by its symbol."""
