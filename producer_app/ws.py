@@ -218,6 +218,7 @@ class StreamGroup:
         self.current: StreamConnection | None = None
         self.finished_by_end_of_recording = False
         self.connections_opened = 0
+        self._failures = 0  # consecutive attempts that did not lead to a delivering connection
         self.reconnects: collections.Counter[str] = collections.Counter()
 
     def stop(self) -> None:
@@ -252,7 +253,9 @@ class StreamGroup:
         self._wake.set()
 
     async def _connect_with_backoff(self) -> StreamConnection | None:
-        failures = 0
+        # Failures carry over from connections that closed before delivering anything, so a
+        # server that accepts and at once closes is retried with backoff, not in a burst.
+        failures = self._failures
         while not self._stop.is_set():
             delay = backoff_delay(
                 failures,
@@ -269,6 +272,7 @@ class StreamGroup:
                     pass
             conn = await self._connect_once()
             if conn is not None:
+                self._failures = failures
                 return conn
             failures += 1
         return None
@@ -314,6 +318,8 @@ class StreamGroup:
             await self.current.close()
 
     async def _replace_lost(self, cause: str) -> None:
+        lost = self.current
+        self._failures = 0 if lost is not None and lost.frames > 0 else self._failures + 1
         self._metrics.reconnects.labels(cause).inc()
         self.reconnects[cause] += 1
         self._on_lost(self.symbols)
