@@ -7,15 +7,18 @@ value with EVENT_SCHEMA and produces rows in RAW_PRICES_COLUMNS order, the COPY
 order of staging.raw_prices.
 
 Decimal types and rounding (exact end to end, never floats):
-- price, quantity, previous_price: DECIMAL(28,12). Binance sends at most 8 decimals;
-  12 leaves room, 16 integer digits cover any price. The wire keeps them as strings
-  and Spark casts the string straight to the decimal (no float on the way).
-- price_change = price - previous_price, exact (DECIMAL(28,12)).
-- price_change_pct = price_change * 100 / previous_price rounded HALF_UP to 8
-  decimals (DECIMAL(38,8)). Spark computes price_change / previous_price at scale 10
-  (HALF_UP) and multiplies by 100, which is the same as rounding the percentage to 8
-  decimals once; a plain-Python Decimal quantize(Decimal("1e-8"), ROUND_HALF_UP) of
-  the exact quotient reproduces it (tests do exactly that).
+- price, quantity, previous_price, price_change: DECIMAL(38,18), the precision the
+  producer guarantees (producer_app.events.DECIMAL_PRECISION/SCALE: at most 20 integer
+  and 18 fractional digits). The wire keeps decimals as strings; Spark casts the
+  string straight to the decimal, no float on the way.
+- price_change = price - previous_price, exact (operands narrowed to DECIMAL(37,18) so
+  Spark's result type keeps scale 18; prices are far below 10^19).
+- price_change_pct = price_change * 100 / previous_price, rounded HALF_UP to 8 decimals
+  (DECIMAL(38,8)). Spark divides DECIMAL(28,18) by DECIMAL(28,18) at scale 10 (HALF_UP)
+  and multiplies by 100, which is the same as rounding the percentage to 8 decimals
+  once. A plain-Python Decimal quantize(Decimal("1e-8"), ROUND_HALF_UP) of the exact
+  quotient reproduces it (the tests do exactly that). Limit: when price_change or
+  previous_price is 10^10 or more (no Binance price is), the pct is null.
 """
 
 from __future__ import annotations
@@ -31,14 +34,18 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-PRICE_PRECISION = 28
-PRICE_SCALE = 12
+PRICE_PRECISION = 38
+PRICE_SCALE = 18
 PCT_SCALE = 8
 
 PRICE_TYPE = DecimalType(PRICE_PRECISION, PRICE_SCALE)
 QUANTITY_TYPE = DecimalType(PRICE_PRECISION, PRICE_SCALE)
 PRICE_CHANGE_TYPE = DecimalType(PRICE_PRECISION, PRICE_SCALE)
 PRICE_CHANGE_PCT_TYPE = DecimalType(38, PCT_SCALE)
+
+# Narrower operand types for the arithmetic (see the module docstring).
+CHANGE_OPERAND_TYPE = DecimalType(37, PRICE_SCALE)
+DIVISION_OPERAND_TYPE = DecimalType(28, PRICE_SCALE)
 
 # The wire event, fields in contract order. Prices and quantities stay strings here:
 # the JSON holds decimal strings, and casting string -> decimal is exact.

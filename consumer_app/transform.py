@@ -34,6 +34,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F  # noqa: N812
 
 from consumer_app.schema import (
+    CHANGE_OPERAND_TYPE,
+    DIVISION_OPERAND_TYPE,
     EVENT_SCHEMA,
     PCT_SCALE,
     PRICE_CHANGE_PCT_TYPE,
@@ -78,8 +80,11 @@ def parse_events(kafka_df: DataFrame) -> DataFrame:
         F.col("e.trade_time_us").alias("trade_time_us"),
         F.col("e.sequence_id").alias("sequence_id"),
         # string -> decimal directly: exact, no float in between
-        F.col("e.price").cast(PRICE_TYPE).alias("price"),
-        F.col("e.quantity").cast(QUANTITY_TYPE).alias("quantity"),
+        # try_cast: a malformed or too long decimal string becomes null (row dropped below)
+        # instead of failing the whole batch under Spark's ANSI mode
+        F.col("e.price").try_cast(PRICE_TYPE).alias("price"),
+        F.col("e.quantity").alias("_quantity_text"),
+        F.col("e.quantity").try_cast(QUANTITY_TYPE).alias("quantity"),
         F.col("e.is_buyer_maker").alias("is_buyer_maker"),
         F.col("e.received_at_us").alias("received_at_us"),
         F.coalesce(F.col("e.source"), F.lit("ws")).alias("source"),
@@ -99,12 +104,13 @@ def parse_events(kafka_df: DataFrame) -> DataFrame:
         & F.col("received_at_us").isNotNull()
         & F.col("price").isNotNull()
         & (F.col("price") > 0)
-    )
+        & (F.col("_quantity_text").isNull() | F.col("quantity").isNotNull())
+    ).drop("_quantity_text")
 
 
 def _state_column(last_prices: Mapping[StateKey, LastPrice]) -> Column:
     """A literal map (symbol|stream -> struct) looked up per row: no join, no shuffle."""
-    state_struct = "struct<price: decimal(28,12), pt: bigint, seq: bigint>"
+    state_struct = f"struct<price: {PRICE_TYPE.simpleString()}, pt: bigint, seq: bigint>"
     if not last_prices:
         return F.lit(None).cast(state_struct)
     entries: list[Column] = []
@@ -162,12 +168,19 @@ def with_price_changes(events: DataFrame, last_prices: Mapping[StateKey, LastPri
     df = df.where(~is_duplicate & ~is_stored).withColumn(
         "previous_price", previous_price.cast(PRICE_TYPE)
     )
-    change = (F.col("price") - F.col("previous_price")).cast(PRICE_CHANGE_TYPE)
-    # DECIMAL(28,12) / DECIMAL(28,12) has scale 10 in Spark (HALF_UP); x100 is exact.
-    quotient = F.round(change / F.col("previous_price"), _QUOTIENT_SCALE).cast(
-        f"decimal({38 - PCT_SCALE},{_QUOTIENT_SCALE})"
-    )
-    pct = (quotient * F.lit(Decimal(100))).cast(PRICE_CHANGE_PCT_TYPE)
+    # try_cast everywhere a value could overflow a narrower type: null, never a failed batch
+    change = (
+        F.col("price").try_cast(CHANGE_OPERAND_TYPE)
+        - F.col("previous_price").try_cast(CHANGE_OPERAND_TYPE)
+    ).try_cast(PRICE_CHANGE_TYPE)
+    # DECIMAL(28,18) / DECIMAL(28,18) has result scale exactly 10 in Spark (HALF_UP), so
+    # the round() is a no-op kept for clarity and the x100 is exact.
+    quotient = F.round(
+        change.try_cast(DIVISION_OPERAND_TYPE)
+        / F.col("previous_price").try_cast(DIVISION_OPERAND_TYPE),
+        _QUOTIENT_SCALE,
+    ).try_cast(f"decimal({38 - PCT_SCALE},{_QUOTIENT_SCALE})")
+    pct = (quotient * F.lit(Decimal(100))).try_cast(PRICE_CHANGE_PCT_TYPE)
     return (
         df.withColumn("price_change", change)
         .withColumn("price_change_pct", F.when(F.col("previous_price") != 0, pct))
