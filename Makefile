@@ -51,7 +51,7 @@ test-unit: ## unit tests only (no services)
 lint: ## ruff + mypy
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check . || true
-	$(PY) -m mypy producer_app consumer_app scripts tests
+	$(PY) -m mypy producer_app consumer_app airflow/dags scripts tests
 
 bench: ## run every benchmark script in bench/
 	@$(STACK) bench

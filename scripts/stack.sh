@@ -335,7 +335,6 @@ alter role :"user" with login nosuperuser nocreaterole password :'pass';
 select 'create role pipeline_writer nologin' where not exists (select 1 from pg_roles where rolname = 'pipeline_writer') \gexec
 select 'create role pipeline_analyst nologin' where not exists (select 1 from pg_roles where rolname = 'pipeline_analyst') \gexec
 grant pipeline_writer, pipeline_analyst to :"user";
-alter role :"user" createdb;
 SQL
     local db
     for db in "$POSTGRES_DB" airflow; do
