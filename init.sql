@@ -157,6 +157,49 @@ as $$
     select (now() at time zone 'utc')::date
 $$;
 
+-- analytics.daily_stream_stats: one UTC day's aggregates per (symbol, stream) from a single
+-- scan of that day's staging.raw_prices partition: row count, low, high, plain average,
+-- volume, quote volume (sum price * quantity), first and last event time. Read by
+-- analytics.get_daily_summary; handy in psql too. PL/pgSQL RETURN QUERY so the scan may run
+-- as a parallel query even when called from a procedure (an INSERT .. SELECT cannot).
+create or replace function analytics.daily_stream_stats(p_day date)
+returns table (
+    symbol           text,
+    stream           text,
+    row_count        bigint,
+    low_price        numeric,
+    high_price       numeric,
+    avg_price        numeric,
+    volume           numeric,
+    quote_volume     numeric,
+    first_event_time timestamptz,
+    last_event_time  timestamptz
+)
+language plpgsql
+stable
+parallel safe
+as $$
+#variable_conflict use_column
+begin
+    return query
+    select
+        r.symbol,
+        r.stream,
+        count(*),
+        min(r.price),
+        max(r.price),
+        avg(r.price),
+        coalesce(sum(r.quantity), 0),
+        coalesce(sum(r.price * r.quantity), 0),
+        min(r.event_time),
+        max(r.event_time)
+    from staging.raw_prices as r
+    where r.event_time >= analytics.utc_day_start(p_day)
+      and r.event_time < analytics.utc_day_start(p_day + 1)
+    group by r.symbol, r.stream;
+end
+$$;
+
 -- procedures --------------------------------------------------------------------
 
 -- staging.create_raw_prices_partitions: makes one partition per UTC day in [p_from, p_to]
@@ -251,22 +294,8 @@ begin
         return;
     end if;
 
-    with stream_stats as (
-        -- one scan of the day's partition: per symbol and stream
-        select
-            symbol,
-            stream,
-            count(*)                                as row_count,
-            min(price)                              as low_price,
-            max(price)                              as high_price,
-            avg(price)                              as avg_price,
-            coalesce(sum(quantity), 0)              as volume,
-            coalesce(sum(price * quantity), 0)      as quote_volume,
-            min(event_time)                         as first_event_time,
-            max(event_time)                         as last_event_time
-        from staging.raw_prices
-        where event_time >= day_start and event_time < day_end
-        group by symbol, stream
+    with stream_stats as materialized (
+        select * from analytics.daily_stream_stats(day)
     ),
 
     candle_stats as (
@@ -277,19 +306,23 @@ begin
     ),
 
     edge_rows as (
-        -- rows at each symbol's first and last instant; ties broken by sequence_id
-        select distinct on (r.symbol)
-            r.symbol,
+        -- rows at each symbol's first and last instant (index lookups, not a second scan),
+        -- ordered by (event_time, sequence_id): the trade id breaks ties inside one ms
+        select distinct on (c.symbol)
+            c.symbol,
             first_value(r.price) over by_time as open_price,
             last_value(r.price) over by_time  as close_price
         from candle_stats as c
-        join staging.raw_prices as r
-            on  r.symbol = c.symbol
-            and r.stream = c.stream
-            and r.event_time in (c.first_event_time, c.last_event_time)
-        where r.event_time >= day_start and r.event_time < day_end
+        cross join lateral (
+            select edge.price, edge.event_time, edge.sequence_id
+            from staging.raw_prices as edge
+            where edge.symbol = c.symbol
+              and edge.stream = c.stream
+              and edge.event_time = any (array[c.first_event_time, c.last_event_time])
+              and edge.event_time >= day_start and edge.event_time < day_end
+        ) as r
         window by_time as (
-            partition by r.symbol
+            partition by c.symbol
             order by r.event_time, r.sequence_id
             rows between unbounded preceding and unbounded following
         )
