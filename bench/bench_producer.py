@@ -318,6 +318,20 @@ def main() -> int:
                 return bench_end_to_end(settings, args.recording)
 
             runs.append(run_e2e)
+        # Warm-up (not reported): first-topic metadata, caches, allocator.
+        warm = [new_topic(admin), new_topic(admin, 1), new_topic(admin, 1)]
+        created.extend(warm)
+        bench_pipeline(
+            base.model_copy(
+                update={
+                    "kafka_topic_prices": warm[0],
+                    "kafka_topic_dlq": warm[1],
+                    "kafka_topic_gaps": warm[2],
+                }
+            ),
+            frames[:20_000],
+            "none",
+        )
         for run in runs:
             result = run()
             results.append(result)
