@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib
 import importlib.metadata
 import json
 import re
@@ -740,6 +741,37 @@ def test_every_setting_the_dags_read_is_in_env_example_and_given_to_airflow() ->
     for name in ("airflow-scheduler", "airflow-dag-processor"):
         missing = sorted(read - set(environment(compose[name])))
         assert not missing, f"{name} does not pass the DAG settings {missing}"
+
+
+@pytest.mark.parametrize(
+    ("module", "class_name"),
+    [("producer_app.config", "ProducerSettings"), ("consumer_app.config", "ConsumerSettings")],
+    ids=["producer", "consumer"],
+)
+def test_env_example_values_equal_the_apps_own_defaults(
+    module: str, class_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh .env (copied from .env.example) must not change what the apps do by default."""
+    if not (ROOT / Path(*module.split("."))).with_suffix(".py").is_file():
+        pytest.skip(f"{module} does not exist yet")
+    monkeypatch.syspath_prepend(str(ROOT))
+    settings_class = getattr(importlib.import_module(module), class_name)
+    values, _ = read_env_example()
+    names = _settings_env_names((ROOT / Path(*module.split("."))).with_suffix(".py"))
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    defaults = settings_class(_env_file=None)
+    for name in names & set(values):
+        if name in SECRET_VARIABLES:
+            continue
+        monkeypatch.setenv(name, values[name])
+    from_env_example = settings_class(_env_file=None)
+    differing = {
+        field: (getattr(defaults, field), getattr(from_env_example, field))
+        for field in type(defaults).model_fields
+        if getattr(defaults, field) != getattr(from_env_example, field)
+    }
+    assert not differing, f"{class_name}: .env.example changes these defaults: {differing}"
 
 
 # ----------------------------------------------------------------------------- Dockerfiles
