@@ -48,12 +48,11 @@ test: ## THE test command: services up, then unit + integration + e2e tests
 test-unit: ## unit tests only (no services)
 	@$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
-lint: ## ruff + mypy
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check . || true
-	$(PY) -m mypy producer_app consumer_app airflow/dags scripts tests
+lint: ## ruff + mypy (both run; fails if either fails)
+	@rc=0; $(PY) -m ruff check . || rc=1; \
+	$(PY) -m mypy producer_app consumer_app airflow/dags scripts tests || rc=1; exit $$rc
 
-bench: ## run every benchmark script in bench/
+bench: ## run every benchmark script in bench/, then the stack start-up timings (scripts/bench_stack.sh)
 	@$(STACK) bench
 
 lock: ## re-resolve requirements/requirements.in into requirements/requirements.lock

@@ -278,6 +278,32 @@ as_pg() { if is_root; then runuser -u postgres -- "$@"; else "$@"; fi; }
 # ----------------------------------------------------------------------------- PostgreSQL
 PGDATA_DIR="$LOCAL/postgres/data"
 PGSOCK="$RUN/postgres"
+PGLOG="$LOGS/postgres.log"
+PG_EXTERNAL=""
+
+pg_locate() {
+    # PostgreSQL runs as the `postgres` OS user, which must reach its data directory. When the
+    # checkout sits where that user cannot go (a clone under /root, a mode-700 temp dir), the
+    # data, socket and log live in /var/lib/postgresql/pipeline-stack-<hash of the checkout
+    # path> instead, linked from .local/postgres, .local/run/postgres and .local/logs/postgres.log.
+    if [[ -L "$LOCAL/postgres" ]]; then
+        PG_EXTERNAL="$(readlink -f "$LOCAL/postgres")"
+    elif is_root && ! runuser -u postgres -- test -x "$LOCAL" 2>/dev/null; then
+        PG_EXTERNAL="/var/lib/postgresql/pipeline-stack-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)"
+    fi
+    if [[ -n "$PG_EXTERNAL" ]]; then
+        PGDATA_DIR="$PG_EXTERNAL/data" PGSOCK="$PG_EXTERNAL/run" PGLOG="$PG_EXTERNAL/postgres.log"
+    fi
+}
+
+pg_link_external() {
+    [[ -n "$PG_EXTERNAL" ]] || return 0
+    mkdir -p "$PG_EXTERNAL/run" "$LOCAL" "$RUN" "$LOGS"
+    chown postgres: "$PG_EXTERNAL" "$PG_EXTERNAL/run"
+    [[ -L "$LOCAL/postgres" ]] || { rmdir "$LOCAL/postgres" 2>/dev/null || true; ln -sfn "$PG_EXTERNAL" "$LOCAL/postgres"; }
+    ln -sfn "$PG_EXTERNAL/run" "$RUN/postgres"
+    ln -sfn "$PGLOG" "$LOGS/postgres.log"
+}
 
 pg_running() { [[ -f "$PGDATA_DIR/postmaster.pid" ]] && as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; }
 
@@ -287,10 +313,11 @@ psql_admin() { # db args... : superuser over the private unix socket
 }
 
 start_postgres() {
-    local logfile="$LOGS/postgres.log"
-    mkdir -p "$LOCAL/postgres" "$PGSOCK" "$LOGS"
+    local logfile="$PGLOG"
+    pg_link_external
+    mkdir -p "$(dirname "$PGDATA_DIR")" "$PGSOCK" "$LOGS"
     if is_root; then
-        chown postgres: "$LOCAL/postgres" "$PGSOCK"
+        chown postgres: "$(dirname "$PGDATA_DIR")" "$PGSOCK"
         touch "$logfile"; chown postgres: "$logfile"
     fi
     chmod 700 "$PGSOCK"
@@ -777,6 +804,7 @@ cmd_down() {
 
 cmd_clean() {
     cmd_down
+    if [[ -n "$PG_EXTERNAL" && -d "$PG_EXTERNAL" ]]; then rm -rf "$PG_EXTERNAL"; fi
     log "removing data: .local/{postgres,redis,kafka,checkpoints,airflow,logs,run}"
     rm -rf "$LOCAL/postgres" "$LOCAL/redis" "$LOCAL/kafka" "$LOCAL/checkpoints" "$LOCAL/airflow" "$LOGS" "$RUN"
     log "clean (Maven jars kept in .local/jars; remove them with: rm -rf .local/jars)"
@@ -808,6 +836,8 @@ cmd_bench() {
         esac
     done
     ((found)) || log "no benchmark scripts in bench/"
+    log "bench: scripts/bench_stack.sh (stack start-up on a scratch copy)"
+    "$ROOT/scripts/bench_stack.sh" || rc=$?
     return "$rc"
 }
 
@@ -827,6 +857,7 @@ cmd_test() { # pytest over unit, integration and e2e; exit 5 (nothing collected)
 main() {
     local verb="${1:-}"; shift || true
     load_env
+    pg_locate
     case "$verb" in
         install) install_all ;;
         services) cmd_services ;;
