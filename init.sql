@@ -532,6 +532,8 @@ grant usage on schema staging to pipeline_writer, pipeline_analyst;
 grant usage on schema analytics to pipeline_analyst;
 
 grant select, insert on all tables in schema staging to pipeline_writer;
+-- the consumer upserts gap reports (on conflict do update): a later report replaces an older one
+grant update on staging.feed_gaps to pipeline_writer;
 grant select on all tables in schema staging to pipeline_analyst;
 grant select on all tables in schema analytics to pipeline_analyst;
 

@@ -21,14 +21,18 @@ retries, catch-up runs and backfills always recompute their own day.
 4. `purge_raw_prices` — `CALL analytics.purge_raw_prices(RAW_RETENTION_DAYS, end date)`:
    drops whole day partitions older than the retention window (candles are kept).
 
-**Backfill.** `catchup=True`: the UI's *Trigger → Backfill* (or
-`airflow backfill create --dag-id get_daily_summary --from-date 2026-11-20 --to-date 2026-11-23`)
-re-runs past days (any dates); `airflow dags test get_daily_summary 2020-01-02` summarises
-2020-01-01 (see the start date below).
+**Backfill.** `catchup=True`. A run's logical date is its data-interval start (the run at
+2026-11-24 00:15 shows as 2026-11-23 00:15 and summarises 2026-11-23). The UI's
+*Trigger → Backfill* from A+1 00:00 to B+1 00:15 (UTC) re-runs the days A .. B, e.g.
+`airflow backfill create --dag-id get_daily_summary --from-date 2026-11-20
+--to-date 2026-11-23T00:15:00+00:00` for 2026-11-19 .. 2026-11-22.
+`airflow dags test get_daily_summary 2020-01-02` summarises 2020-01-01 (see the start date).
 
-**Start date** 2026-11-24 (env `DAILY_SUMMARY_START_DATE` overrides it). Airflow creates no
-task for a scheduled or manual run whose logical date is before the start date (backfills are
-exempt), so `dags test` of an older day needs `DAILY_SUMMARY_START_DATE` at or before it.
+**Start date** 2026-11-24 = the first UTC day the scheduler summarises (env
+`DAILY_SUMMARY_START_DATE` overrides it). Airflow creates no task for a run (other than a
+backfill) whose logical date is before the start date: the first catch-up run, for the day
+before the start date, completes empty, and `dags test` or a manual trigger of an older day
+needs `DAILY_SUMMARY_START_DATE` at or before it. Backfills are exempt.
 
 **Connection** `pipeline_postgres` (env `AIRFLOW_CONN_PIPELINE_POSTGRES`). Nothing touches the
 database or Variables at parse time (only the environment is read).
@@ -70,8 +74,8 @@ class DagSettings(BaseSettings):
 
     binance_symbols: str = "BTCUSDT,ETHUSDT,BNBUSDT"
     raw_retention_days: int = 7
-    # Earliest logical date of scheduled and manual runs (backfills ignore it). Fixed; move it
-    # back only to `dags test` / trigger old days by hand (catch-up then starts there too).
+    # First UTC day the scheduler summarises (runs with an earlier logical date get no tasks,
+    # backfills excepted). Fixed; move it back only to `dags test` old days by hand.
     daily_summary_start_date: date = date(2026, 11, 24)
 
     @property
