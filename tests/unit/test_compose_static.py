@@ -21,6 +21,7 @@ import ast
 import functools
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import re
 import shutil
@@ -680,6 +681,22 @@ def test_airflow_services_share_one_image_the_dags_and_the_connection() -> None:
         assert env["RAW_RETENTION_DAYS"] == values["RAW_RETENTION_DAYS"]
         assert env["BINANCE_SYMBOLS"] == values["BINANCE_SYMBOLS"]
         assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == values["AIRFLOW_JWT_SECRET"]
+
+
+def test_airflow_settings_in_compose_are_real_airflow_options() -> None:
+    """Every AIRFLOW__SECTION__KEY names an option of the locked Airflow's config template."""
+    spec = importlib.util.find_spec("airflow")
+    assert spec and spec.submodule_search_locations, "apache-airflow is not installed in the venv"
+    template = Path(next(iter(spec.submodule_search_locations)), "config_templates", "config.yml")
+    options = yaml.safe_load(template.read_text(encoding="utf-8"))
+    used = set(re.findall(r"AIRFLOW__([A-Z0-9_]+?)__([A-Z0-9_]+)", raw_compose_text()))
+    assert used
+    unknown = sorted(
+        f"{section}__{key}"
+        for section, key in used
+        if key.lower() not in (options.get(section.lower()) or {}).get("options", {})
+    )
+    assert not unknown, f"not options of Airflow {lock_versions()['apache-airflow']}: {unknown}"
 
 
 def _settings_env_names(config: Path) -> set[str]:
