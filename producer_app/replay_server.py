@@ -120,6 +120,7 @@ class Recording:
     event_times_s: list[float]  # E of each frame in seconds (pacing)
     trades: dict[str, list[RecordedTrade]]  # symbol -> trades sorted by id
     trade_ids: dict[str, list[int]]
+    kinds: list[str] = field(default_factory=list)  # stream types as recorded (miniTicker)
 
     @property
     def symbols(self) -> list[str]:
@@ -130,10 +131,8 @@ class Recording:
 
     @property
     def stream_kinds(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for stream in self.streams:
-            seen[stream.split("@", 1)[1]] = None
-        return list(seen)
+        """Stream types in first-seen order, with the recording's case (``miniTicker``)."""
+        return list(self.kinds)
 
 
 def load_recording(source: str | Path | Iterable[bytes]) -> Recording:
@@ -151,6 +150,7 @@ def load_recording(source: str | Path | Iterable[bytes]) -> Recording:
     streams: list[str] = []
     times: list[float] = []
     trades: dict[str, list[RecordedTrade]] = {}
+    kinds: dict[str, None] = {}
     last_time = 0.0
     for number, line in enumerate(raw_lines, start=1):
         if not line.strip():
@@ -166,7 +166,8 @@ def load_recording(source: str | Path | Iterable[bytes]) -> Recording:
             last_time = event_time / 1e6 if event_time >= 10**14 else event_time / 1e3
         index = len(lines)
         lines.append(line)
-        streams.append(str(stream).lower())
+        streams.append(str(stream).lower())  # routing is case-insensitive
+        kinds[str(stream).partition("@")[2]] = None
         times.append(last_time)
         if isinstance(data, dict) and data.get("e") == "trade":
             try:
@@ -180,7 +181,12 @@ def load_recording(source: str | Path | Iterable[bytes]) -> Recording:
     for symbol_trades in trades.values():
         symbol_trades.sort(key=lambda t: t.trade_id)
     return Recording(
-        lines, streams, times, trades, {s: [t.trade_id for t in ts] for s, ts in trades.items()}
+        lines,
+        streams,
+        times,
+        trades,
+        {s: [t.trade_id for t in ts] for s, ts in trades.items()},
+        list(kinds),
     )
 
 

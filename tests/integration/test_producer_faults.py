@@ -296,3 +296,58 @@ def test_pings_are_answered_with_the_payload(kafka_bootstrap: str, topics: dict[
     assert result.server.pings_sent >= 5
     assert result.server.pongs_received >= result.server.pings_sent - 1
     assert result.summary.ok and result.summary.events_acked == 10_000
+
+
+def test_reconnect_window_with_no_later_trade_is_probed_over_rest(
+    kafka_bootstrap: str, topics: dict[str, str]
+) -> None:
+    # The connection drops 200 trades before the end and those 200 happen while the client
+    # is away: no live trade ever reveals the jump, only the reconnect window does.
+    faults = FaultPlan(drop_after=9800, drop_skip=200)
+    result = _replay(_settings(kafka_bootstrap, topics), faults)
+    summary = result.summary
+    assert summary.ok and summary.gap_trades_filled == 200 and summary.gap_trades_unfilled == 0
+    events = _assert_every_trade_once(kafka_bootstrap, topics["prices"])
+    assert sorted(e.sequence_id for e in events if e.source == "rest") == TRADE_IDS[9800:]
+    gaps = _gap_records(kafka_bootstrap, topics["gaps"])
+    assert [
+        (g["reason"], g["first_missing_id"], g["last_missing_id"], g["status"]) for g in gaps
+    ] == [("reconnect window", TRADE_IDS[9800], TRADE_IDS[-1], "filled")]
+    assert gaps[0]["window_start_us"] == PAYLOADS[9799]["T"]
+
+
+def test_trades_and_mini_tickers_together(kafka_bootstrap: str, topics: dict[str, str]) -> None:
+    # A mini-ticker frame after every 100th real trade, built from that trade (close = its
+    # price, E = its event time): synthetic tickers, real trades, one combined stream.
+    frames: list[bytes] = []
+    tickers = []
+    for index, payload in enumerate(PAYLOADS):
+        frames.append(FRAMES[index])
+        if index % 100 == 99:
+            ticker = {
+                "e": "24hrMiniTicker",
+                "E": payload["E"],
+                "s": "TRXUSDT",
+                "c": payload["p"],
+                "o": "0.2312",
+                "h": "0.2400",
+                "l": "0.2300",
+                "v": "1000.0",
+                "q": "231.2",
+            }
+            tickers.append(ticker)
+            frames.append(json.dumps({"stream": "trxusdt@miniTicker", "data": ticker}).encode())
+    recording = load_recording(frames)
+    assert recording.stream_kinds == ["trade", "miniTicker"]
+    result = asyncio.run(
+        asyncio.wait_for(run_replay(recording, _settings(kafka_bootstrap, topics)), timeout=120)
+    )
+    assert result.summary.ok and result.summary.events_acked == 10_000 + len(tickers)
+    events = [PriceEvent.from_json(v) for _, v in read_topic(kafka_bootstrap, topics["prices"])]
+    trades = [e for e in events if e.stream == "trade"]
+    ticks = sorted((e for e in events if e.stream == "miniTicker"), key=lambda e: e.sequence_id)
+    assert sorted(e.sequence_id for e in trades) == TRADE_IDS
+    assert [(e.sequence_id, e.event_time_us, e.price) for e in ticks] == [
+        (t["E"] // 1000, t["E"], t["c"]) for t in tickers
+    ]
+    assert all(e.quantity is None and e.trade_time_us is None for e in ticks)
