@@ -161,7 +161,7 @@ def _connect() -> Any:
     """An autocommit DB-API connection on `pipeline_postgres` (psycopg 3 or 2: the hook picks)."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    connection = PostgresHook(postgres_conn_id=CONN_ID).get_conn()
+    connection: Any = PostgresHook(postgres_conn_id=CONN_ID).get_conn()
     connection.autocommit = True  # each CALL is its own transaction
     return connection
 

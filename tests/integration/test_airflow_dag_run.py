@@ -63,7 +63,7 @@ def _connection_json(pg_dsn: str) -> str:
         {
             "conn_type": "postgres",
             "host": params.get("host", "127.0.0.1"),
-            "port": int(params.get("port", 5432)),
+            "port": int(str(params.get("port") or 5432)),
             "schema": params["dbname"],
             "login": params.get("user"),
             "password": params.get("password") or None,

@@ -83,7 +83,7 @@ class Row:
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc,arg-type]
 
 
 def copy_rows(conn: psycopg.Connection, rows: Iterable[Row]) -> None:

@@ -17,6 +17,7 @@ import zipfile
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,13 +46,13 @@ def _klines() -> list[list[str]]:
     return list(csv.reader(io.StringIO(text)))
 
 
-def _frames(path: Path) -> list[dict[str, object]]:
+def _frames(path: Path) -> list[dict[str, Any]]:
     with gzip.open(path, "rt", encoding="ascii") as handle:
         return [json.loads(line) for line in handle]
 
 
 @pytest.fixture(scope="module")
-def btc_frames() -> list[dict[str, object]]:
+def btc_frames() -> list[dict[str, Any]]:
     return _frames(BTC_RECORDING)
 
 
@@ -61,7 +62,7 @@ def test_fixture_zip_matches_binance_checksum() -> None:
     assert actual == expected
 
 
-def test_btc_frames_are_combined_stream_trades(btc_frames: list[dict[str, object]]) -> None:
+def test_btc_frames_are_combined_stream_trades(btc_frames: list[dict[str, Any]]) -> None:
     assert len(btc_frames) == BINANCE_DAY["trades"]
     first = btc_frames[0]
     assert first["stream"] == "btcusdt@trade"
@@ -72,16 +73,16 @@ def test_btc_frames_are_combined_stream_trades(btc_frames: list[dict[str, object
     assert isinstance(data["p"], str) and isinstance(data["q"], str)
 
 
-def test_btc_trade_ids_contiguous_and_times_ordered(btc_frames: list[dict[str, object]]) -> None:
-    ids = [f["data"]["t"] for f in btc_frames]  # type: ignore[index]
+def test_btc_trade_ids_contiguous_and_times_ordered(btc_frames: list[dict[str, Any]]) -> None:
+    ids = [f["data"]["t"] for f in btc_frames]
     assert ids == list(range(ids[0], ids[0] + len(ids)))
-    times = [f["data"]["T"] for f in btc_frames]  # type: ignore[index]
+    times = [f["data"]["T"] for f in btc_frames]
     assert times == sorted(times)
-    assert all(f["data"]["E"] >= f["data"]["T"] for f in btc_frames)  # type: ignore[index,operator]
+    assert all(f["data"]["E"] >= f["data"]["T"] for f in btc_frames)
 
 
-def test_btc_every_minute_reproduces_its_kline(btc_frames: list[dict[str, object]]) -> None:
-    by_minute: dict[int, list[dict[str, object]]] = defaultdict(list)
+def test_btc_every_minute_reproduces_its_kline(btc_frames: list[dict[str, Any]]) -> None:
+    by_minute: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for frame in btc_frames:
         data = frame["data"]
         assert isinstance(data, dict)
@@ -102,9 +103,9 @@ def test_btc_every_minute_reproduces_its_kline(btc_frames: list[dict[str, object
         assert all(int(row[0]) <= t["T"] <= int(row[6]) for t in trades)
 
 
-def test_btc_day_candle_equals_binance(btc_frames: list[dict[str, object]]) -> None:
-    prices = [Decimal(f["data"]["p"]) for f in btc_frames]  # type: ignore[index]
-    volume = sum(Decimal(f["data"]["q"]) for f in btc_frames)  # type: ignore[index]
+def test_btc_day_candle_equals_binance(btc_frames: list[dict[str, Any]]) -> None:
+    prices = [Decimal(f["data"]["p"]) for f in btc_frames]
+    volume = sum(Decimal(f["data"]["q"]) for f in btc_frames)
     assert prices[0] == BINANCE_DAY["open"]
     assert max(prices) == BINANCE_DAY["high"]
     assert min(prices) == BINANCE_DAY["low"]
