@@ -641,9 +641,10 @@ def test_apps_reach_the_services_by_their_in_network_addresses() -> None:
     assert host_side == values["KAFKA_BOOTSTRAP_SERVERS"], (
         "host clients use the same bootstrap as the local stack"
     )
-    for name in ("producer", "consumer", "airflow-scheduler"):
+    for name in ("producer", "producer-demo", "consumer", "airflow-scheduler"):
+        assert environment(compose[name])["KAFKA_BOOTSTRAP_SERVERS"] == in_network, name
+    for name in ("consumer", "airflow-scheduler"):
         env = environment(compose[name])
-        assert env["KAFKA_BOOTSTRAP_SERVERS"] == in_network, name
         assert (env["POSTGRES_HOST"], env["POSTGRES_PORT"]) == ("postgres", "5432"), name
         assert (env["REDIS_HOST"], env["REDIS_PORT"]) == ("redis", "6379"), name
         assert (
@@ -652,6 +653,35 @@ def test_apps_reach_the_services_by_their_in_network_addresses() -> None:
         )
     assert environment(compose["producer"])["PRODUCER_METRICS_PORT"] == "9108"
     assert environment(compose["consumer"])["CONSUMER_METRICS_PORT"] == "9109"
+
+
+@pytest.mark.parametrize(
+    ("app", "prefix", "names"),
+    [
+        ("producer_app", "PRODUCER_", ("producer", "producer-demo")),
+        ("consumer_app", "CONSUMER_", ("consumer",)),
+    ],
+    ids=["producer", "consumer"],
+)
+def test_every_app_knob_reaches_its_service(app: str, prefix: str, names: tuple[str, ...]) -> None:
+    config = ROOT / app / "config.py"
+    if not config.is_file():
+        pytest.skip(f"{app}/config.py does not exist yet")
+    knobs = {name for name in _settings_env_names(config) if name.startswith(prefix)}
+    for name in names:
+        missing = sorted(knobs - set(environment(services()[name])))
+        assert not missing, f"{name} does not pass {missing} (add `NAME:` to x-{app[:-4]}-knobs)"
+
+
+def test_services_get_only_the_secrets_they_use() -> None:
+    compose = services()
+    for name in ("producer", "producer-demo", "replay", "kafka", "kafka-init", "redis"):
+        env = environment(compose[name])
+        leaked = sorted(set(env) & {*SECRET_VARIABLES, "AIRFLOW_CONN_PIPELINE_POSTGRES"})
+        assert not leaked, f"{name} receives secrets it does not use: {leaked}"
+        assert "env_file" not in compose[name], (
+            f"{name}: env_file would hand it every secret of .env"
+        )
 
 
 def test_airflow_services_share_one_image_the_dags_and_the_connection() -> None:
