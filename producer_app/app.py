@@ -28,6 +28,7 @@ from producer_app.parser import (
     ParsedEvent,
     parse_frame,
 )
+from producer_app.resume import last_positions
 from producer_app.sequence import SequenceTracker
 from producer_app.sink import KafkaSink
 from producer_app.ws import ConnectLimiter, StreamConnection, StreamGroup, stream_urls
@@ -207,8 +208,26 @@ class Producer:
             self._sync_metrics()
             await asyncio.sleep(0.2)
 
+    async def resume(self) -> int:
+        """Seed the tracker from the prices topic's tail; returns how many marks were set."""
+        positions = await asyncio.to_thread(last_positions, self.settings)
+        subscribed = set(self.settings.binance_symbols)
+        seeded = 0
+        for (symbol, stream), (sequence_id, price_time_us) in positions.items():
+            if symbol not in subscribed or stream not in self.settings.binance_streams:
+                continue
+            self.tracker.seed(symbol, stream, sequence_id, price_time_us)
+            if stream == STREAM_TRADE:
+                # Trades after the mark happened while no producer was running.
+                self.tracker.open_window(symbol, reason="producer restart")
+            seeded += 1
+            log.info("resuming %s %s after sequence id %s", symbol, stream, sequence_id)
+        return seeded
+
     async def run(self) -> RunSummary:
         await asyncio.to_thread(self.sink.check_broker)
+        if self.settings.producer_resume_from_kafka:
+            await self.resume()
         try:
             self.metrics.serve(self.settings.producer_metrics_port)
         except OSError as err:

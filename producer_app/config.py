@@ -84,6 +84,11 @@ class ProducerSettings(BaseSettings):
     producer_batch_bytes: int = Field(default=1_048_576, ge=1024)
     producer_queue_max_messages: int = Field(default=500_000, ge=1000)
     producer_flush_timeout_s: float = Field(default=30.0, gt=0)
+    #: Seed the dedup/gap marks from the tail of the prices topic at start, so a restart
+    #: neither re-produces nor silently skips trades (the replay command turns it off: a
+    #: replay deliberately publishes its recording again).
+    producer_resume_from_kafka: bool = True
+    producer_resume_tail_messages: int = Field(default=5000, ge=1)
     #: Create missing topics at start (with KAFKA_TOPIC_PARTITIONS) when the stack did not.
     producer_create_topics: bool = True
     #: Stop (instead of reconnecting) when the server closes with 1000 "end of recording":

@@ -57,6 +57,8 @@ def replay_settings(
             kind for kind in recording.stream_kinds if kind in ("trade", "miniTicker")
         ),
         producer_stop_at_end_of_recording=True,
+        # A replay publishes its recording again on purpose (the consumer's sink is idempotent).
+        producer_resume_from_kafka=False,
     )
     values.update(overrides)
     return ProducerSettings(**values)

@@ -151,6 +151,17 @@ class SequenceTracker:
             return True
         return False
 
+    def seed(self, symbol: str, stream: str, sequence_id: int, price_time_us: int) -> None:
+        """Start from a mark produced by an earlier run (``producer_app.resume``)."""
+        if stream != STREAM_TRADE:
+            self._tickers[symbol] = max(sequence_id, self._tickers.get(symbol, sequence_id))
+            return
+        state = self._trades.get(symbol)
+        if state is None:
+            self._trades[symbol] = _SymbolState(sequence_id, price_time_us)
+        elif sequence_id > state.hwm:
+            state.hwm, state.last_price_time_us = sequence_id, price_time_us
+
     def open_window(self, symbol: str, reason: str = "reconnect window") -> None:
         """A connection carrying this symbol's trades was lost: later ids may be missing."""
         state = self._trades.get(symbol)

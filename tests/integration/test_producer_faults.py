@@ -351,3 +351,42 @@ def test_trades_and_mini_tickers_together(kafka_bootstrap: str, topics: dict[str
         (t["E"] // 1000, t["E"], t["c"]) for t in tickers
     ]
     assert all(e.quantity is None and e.trade_time_us is None for e in ticks)
+
+
+@pytest.mark.parametrize(
+    ("resume_at", "filled", "duplicates"),
+    [(6000, 1000, 0), (4000, 0, 1000)],
+    ids=["down while 1000 trades happened", "restarted feed repeats 1000 trades"],
+)
+def test_restart_resumes_from_kafka(
+    kafka_bootstrap: str, topics: dict[str, str], resume_at: int, filled: int, duplicates: int
+) -> None:
+    resume = {"producer_resume_from_kafka": True}
+    settings = _settings(kafka_bootstrap, topics)
+    first = asyncio.run(
+        asyncio.wait_for(run_replay(load_recording(FRAMES[:5000]), settings, overrides=resume), 120)
+    )
+    assert first.summary.ok and first.summary.events_acked == 5000
+    # Second producer process: the live feed now starts at frame `resume_at`; earlier trades
+    # are in the past (REST serves them), trades 0..4999 are already in Kafka.
+    second = asyncio.run(
+        asyncio.wait_for(
+            run_replay(
+                load_recording(FRAMES),
+                settings,
+                faults=FaultPlan(skip_frames=(0, resume_at)),
+                overrides=resume,
+            ),
+            120,
+        )
+    )
+    summary = second.summary
+    assert summary.ok and summary.gap_trades_filled == filled
+    assert summary.duplicates_dropped == duplicates
+    events = _assert_every_trade_once(kafka_bootstrap, topics["prices"])
+    rest_ids = sorted(e.sequence_id for e in events if e.source == "rest")
+    assert rest_ids == TRADE_IDS[5000:resume_at]
+    gaps = _gap_records(kafka_bootstrap, topics["gaps"])
+    assert [(g["reason"], g["filled_count"]) for g in gaps] == (
+        [("producer restart", 1000)] if filled else []
+    )
