@@ -27,6 +27,13 @@ from producer_app.metrics import ProducerMetrics
 log = logging.getLogger(__name__)
 
 _LATENCY_SAMPLE_EVERY = 64  # observe one produce latency in 64 (histogram cost)
+# A dead letter carries up to 1 MiB of frame text (the contract). The producer's
+# message.max.bytes (uncompressed, client-side) is raised to _MESSAGE_MAX_BYTES so such a
+# record fits; the broker's default max.message.bytes (1 MiB) applies to the *compressed*
+# batch, which frame text (JSON) stays well below. Records are cut further to stay under
+# _KAFKA_SAFE_BYTES when escapes or multi-byte characters inflate them.
+_MESSAGE_MAX_BYTES = 1_200_000
+_KAFKA_SAFE_BYTES = 1_150_000
 
 
 class SinkError(RuntimeError):
@@ -46,6 +53,7 @@ def kafka_config(settings: ProducerSettings) -> dict[str, Any]:
         "queue.buffering.max.messages": settings.producer_queue_max_messages,
         "queue.buffering.max.kbytes": 1_048_576,
         "message.timeout.ms": 300_000,
+        "message.max.bytes": _MESSAGE_MAX_BYTES,
     }
 
 
@@ -133,18 +141,33 @@ class KafkaSink:
     def produce_dead_letter(
         self, reason: str, raw: str, symbol: str | None, received_at_us: int, source_url: str
     ) -> None:
-        record = DeadLetterRecord(reason, raw[:DLQ_RAW_MAX_CHARS], received_at_us, source_url)
-        self._produce_other(self.topic_dlq, record.to_json(), symbol)
+        """Queue a dead letter; ``raw`` is cut at 1 MiB, and further if Kafka could not take it."""
+        raw = raw[:DLQ_RAW_MAX_CHARS]
+        value = DeadLetterRecord(reason, raw, received_at_us, source_url).to_json()
+        while len(value) > _KAFKA_SAFE_BYTES:
+            # Multi-byte characters and JSON escapes can make the record larger than the
+            # 1 MiB of text; Kafka's default message limit is 1 MB: cut until it fits.
+            raw = raw[: len(raw) * _KAFKA_SAFE_BYTES // len(value) - 64]
+            note = f"{reason} [raw cut to {len(raw)} characters to fit Kafka's message size]"
+            value = DeadLetterRecord(note, raw, received_at_us, source_url).to_json()
+        self._produce_other(self.topic_dlq, value, symbol)
 
     def produce_gap(self, record: GapRecord) -> None:
         self._produce_other(self.topic_gaps, record.to_json(), record.symbol)
 
     def _produce_other(self, topic: str, value: bytes, key: str | None) -> None:
         try:
-            self._producer.produce(topic, value, key)
-        except BufferError:
-            self._wait_for_room()
-            self._producer.produce(topic, value, key)
+            try:
+                self._producer.produce(topic, value, key)
+            except BufferError:
+                self._wait_for_room()
+                self._producer.produce(topic, value, key)
+        except KafkaException as err:
+            # Refused before queuing (e.g. too large): count it like a failed delivery, never
+            # let a dead letter or a gap record stop the feed.
+            self.failed += 1
+            self.failed_by_topic[topic] = self.failed_by_topic.get(topic, 0) + 1
+            log.error("cannot produce to %s (key %s, %s bytes): %s", topic, key, len(value), err)
 
     def _wait_for_room(self) -> None:
         # The local queue is full: serve delivery reports until librdkafka has room.
