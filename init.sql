@@ -406,6 +406,9 @@ begin
     if reference_date is null then
         raise exception 'purge_raw_prices: reference_date must not be null';
     end if;
+    -- dropping a partition waits for the consumer's open batch on staging.raw_prices and
+    -- queues its next one behind it: give up after 10 s (the DAG retries) rather than stall
+    perform set_config('lock_timeout', '10s', true);
     for part in
         select child.relname as partition_name
         from pg_inherits as inh
