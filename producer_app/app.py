@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from producer_app.config import ProducerSettings
 from producer_app.events import STREAM_TRADE
@@ -36,6 +36,12 @@ from producer_app.ws import ConnectLimiter, StreamConnection, StreamGroup, strea
 log = logging.getLogger(__name__)
 
 _POLL_EVERY_FRAMES = 1024  # serve delivery callbacks from the hot path this often
+
+
+class FrameHandler(Protocol):
+    """``handle_frame(frame, conn=None)``: what connections (and benchmarks) call per frame."""
+
+    def __call__(self, frame: bytes, conn: StreamConnection | None = None) -> None: ...
 
 
 @dataclass
@@ -116,7 +122,7 @@ class Producer:
         return groups
 
     # -- hot path ---------------------------------------------------------------------------
-    def _make_handler(self) -> Callable[[bytes, StreamConnection | None], None]:
+    def _make_handler(self) -> FrameHandler:
         """Build the per-frame handler as a closure over its collaborators.
 
         Local names instead of attribute lookups, and the Kafka ``produce`` called directly,

@@ -74,11 +74,12 @@ def read_topic(
         deadline = time.monotonic() + timeout_s
         while any(positions[p] < ends[p] for p in partitions) and time.monotonic() < deadline:
             for msg in consumer.consume(10_000, timeout=0.5):
-                if msg.error():
+                partition, offset, value = msg.partition(), msg.offset(), msg.value()
+                if msg.error() or partition is None or offset is None or value is None:
                     continue
-                positions[msg.partition()] = msg.offset() + 1
+                positions[partition] = offset + 1
                 key = msg.key()
-                out.append((key.decode() if key is not None else None, msg.value()))
+                out.append((key.decode() if key is not None else None, value))
         return out
     finally:
         consumer.close()

@@ -76,6 +76,7 @@ def test_real_trx_trades_in_microseconds(wrapped: bool) -> None:
         assert event.price == row["Price"] and event.quantity == row["Quantity"]
         assert event.is_buyer_maker is (row["IsBuyerMarketMaker"] == "1")
         assert event.received_at_us == RECEIVED and event.source == "ws"
+        assert isinstance(result, ParsedEvent)
         assert result.price_time_us == int(row["TransactionTime"])
 
 
@@ -98,7 +99,9 @@ def test_binance_documented_trade_in_ms_keeps_decimal_text() -> None:
     assert (event.event_time_us, event.trade_time_us) == (1672515782136000, 1672515782136000)
     assert event.price == "0.00100000" and Decimal(event.price) == Decimal("0.001")
     assert event.quantity == "100.00000000"
-    assert list(orjson.loads(parse_frame(frame, RECEIVED).value)) == list(EVENT_FIELD_NAMES)
+    result = parse_frame(frame, RECEIVED)
+    assert isinstance(result, ParsedEvent)
+    assert list(orjson.loads(result.value)) == list(EVENT_FIELD_NAMES)
 
 
 def test_mini_ticker_uses_close_and_event_time_in_ms_as_sequence() -> None:
@@ -112,7 +115,7 @@ def test_mini_ticker_uses_close_and_event_time_in_ms_as_sequence() -> None:
     assert event.stream == "miniTicker" and event.price == "16500.01000000"
     assert event.sequence_id == 1672515782136 and event.event_time_us == 1672515782136000
     assert event.trade_time_us is None and event.quantity is None and event.is_buyer_maker is None
-    assert result.price_time_us == 1672515782136000
+    assert isinstance(result, ParsedEvent) and result.price_time_us == 1672515782136000
     micro = frame.replace("1672515782136,", "1672515782136123,")
     assert _event(parse_frame(micro, RECEIVED)).sequence_id == 1672515782136
 
