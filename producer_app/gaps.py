@@ -112,7 +112,13 @@ class GapFiller:
 
     async def run(self) -> None:
         while True:
-            await self.fill_due()
+            try:
+                await self.fill_due()
+            except Exception:
+                # A bug in one fill must not stop all future fills (the feed goes on either
+                # way); the range stays pending and is retried on the next round.
+                log.exception("gap filler round failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
             next_due = self._tracker.next_due()
             delay = 1.0 if next_due is None else max(0.0, min(1.0, next_due - time.monotonic()))
             self._wakeup.clear()
