@@ -80,6 +80,7 @@ async def run_replay(
     try:
         settings = replay_settings(base_settings, server, recording, **(overrides or {}))
         producer = Producer(settings)
+        server.min_subscribers = len(producer.groups)
         stopper = None
         if stop is not None:
 

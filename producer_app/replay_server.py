@@ -237,8 +237,12 @@ class ReplayServer:
         ping_interval_s: float = 20.0,
         ping_timeout_s: float = 60.0,
         close_at_end: bool = True,
+        min_subscribers: int = 1,
     ) -> None:
         self.recording = recording
+        # The feed starts once this many clients listen (a producer splitting >1024 streams
+        # over several connections gets the first frames on all of them).
+        self.min_subscribers = min_subscribers
         self.speed = speed
         self.faults = faults or FaultPlan()
         self.ping_interval_s = ping_interval_s
@@ -493,7 +497,9 @@ class ReplayServer:
         lines, streams, times = recording.lines, recording.streams, recording.event_times_s
         skip_range = self.faults.skip_frames
         raw_cache: dict[int, bytes] = {}
-        await self._wait_for_listener()
+        while len(self._listeners()) < self.min_subscribers:
+            self._listener.clear()
+            await self._listener.wait()
         started_wall = time.monotonic()
         started_event = times[0] if times else 0.0
         skip = 0

@@ -391,3 +391,23 @@ def test_restart_resumes_from_kafka(
     assert [(g["reason"], g["filled_count"]) for g in gaps] == (
         [("producer restart", 1000)] if filled else []
     )
+
+
+def test_streams_split_across_connections(kafka_bootstrap: str, topics: dict[str, str]) -> None:
+    # One stream per connection (Binance's limit is 1024): trade and miniTicker on two sockets.
+    frames = list(FRAMES)
+    tickers = []
+    for index in range(99, len(PAYLOADS), 100):
+        payload = PAYLOADS[index]
+        tickers.append(payload["E"] // 1000)
+        ticker = {"e": "24hrMiniTicker", "E": payload["E"], "s": "TRXUSDT", "c": payload["p"]}
+        frames.append(json.dumps({"stream": "trxusdt@miniTicker", "data": ticker}).encode())
+    settings = _settings(kafka_bootstrap, topics, producer_streams_per_connection=1)
+    result = asyncio.run(
+        asyncio.wait_for(run_replay(load_recording(frames), settings), timeout=120)
+    )
+    summary = result.summary
+    assert summary.ok and summary.connections_opened == 2 and result.server.connections == 2
+    events = [PriceEvent.from_json(v) for _, v in read_topic(kafka_bootstrap, topics["prices"])]
+    assert sorted(e.sequence_id for e in events if e.stream == "trade") == TRADE_IDS
+    assert sorted(e.sequence_id for e in events if e.stream == "miniTicker") == tickers
