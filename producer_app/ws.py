@@ -338,7 +338,7 @@ class StreamGroup:
             asyncio.ensure_future(new.task),
             asyncio.ensure_future(self._stop.wait()),
         }
-        done, pending = await asyncio.wait(
+        _done, pending = await asyncio.wait(
             waiters,
             timeout=self._settings.producer_watchdog_timeout_s,
             return_when=asyncio.FIRST_COMPLETED,
