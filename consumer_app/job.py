@@ -77,6 +77,20 @@ def check_kafka(bootstrap_servers: str) -> set[str]:
 
 
 def kafka_stream(spark: SparkSession, settings: ConsumerSettings, topic: str) -> DataFrame:
+    from pyspark.errors import AnalysisException
+
+    try:
+        return _kafka_reader(spark, settings, topic)
+    except AnalysisException as err:
+        if "kafka" in str(err).lower() and "data source" in str(err).lower():
+            raise ConsumerError(
+                "Spark has no Kafka source: SPARK_JARS must list the spark-sql-kafka-0-10 jars "
+                "(`make services` fetches them into .local/jars/spark)"
+            ) from err
+        raise
+
+
+def _kafka_reader(spark: SparkSession, settings: ConsumerSettings, topic: str) -> DataFrame:
     return (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
@@ -315,9 +329,15 @@ class ConsumerJob:
         self.metrics.serve(self.settings.consumer_metrics_port)
         self.start()
         try:
+            logged_batch = -1
             while not self._stop.is_set() and any(q.isActive for q in self.queries):
                 self.queries[0].awaitTermination(2)
                 self.metrics.set_lag(consumer_lag(self.queries[0]))
+                progress = self.queries[0].lastProgress
+                if progress and progress.get("batchId", -1) != logged_batch:
+                    logged_batch = progress["batchId"]
+                    log.info("progress of batch %s: %s rows, durations ms %s", logged_batch,
+                             progress.get("numInputRows"), progress.get("durationMs"))
                 for query in self.queries:
                     failure = query.exception()
                     if failure is not None:

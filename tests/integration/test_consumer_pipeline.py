@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -368,7 +369,9 @@ class PrivatePostgres:
         command = [str(self.bin_dir / args[0]), *args[1:]]
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
-        subprocess.run(command, check=True, capture_output=True, timeout=120)  # noqa: S603
+        done = subprocess.run(command, capture_output=True, timeout=120, check=False)  # noqa: S603
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.decode(errors='replace')}")
 
     def start(self) -> None:
         self._pg("pg_ctl", "-D", str(self.data_dir), "-l", str(self.data_dir / "server.log"),
@@ -383,11 +386,12 @@ class PrivatePostgres:
 
 
 @pytest.fixture
-def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivatePostgres]:
+def private_postgres() -> Iterator[PrivatePostgres]:
     bin_dir = Path("/usr/lib/postgresql/15/bin")
     if not (bin_dir / "initdb").exists():
         pytest.fail("PostgreSQL 15 binaries are missing; install them with `make services`")
-    base = tmp_path_factory.mktemp("pg")
+    # not under pytest's tmp dir: the postgres user cannot enter root's 0700 directories
+    base = Path(tempfile.mkdtemp(prefix="consumer_pg_"))
     data = base / "data"
     data.mkdir()
     if os.geteuid() == 0:
@@ -405,8 +409,9 @@ def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Priva
     finally:
         try:
             server.stop()
-        except subprocess.CalledProcessError:
+        except RuntimeError:
             pass  # already stopped by a failed drill
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_postgres_restarted_mid_stream(
