@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from decimal import Decimal
@@ -54,7 +53,10 @@ PRICES = [
 
 def machine() -> str:
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores, {mem_gb:.0f} GB, {platform.platform()}, Python {platform.python_version()}"
+    return (
+        f"{os.cpu_count()} cores, {mem_gb:.0f} GB, {platform.platform()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def event(i: int, received_at_us: int | None = None) -> bytes:
@@ -62,9 +64,14 @@ def event(i: int, received_at_us: int | None = None) -> bytes:
     time_us = BASE_US + i * 7  # ~140k events per simulated second, all on 2025-03-04
     return orjson.dumps(
         {
-            "symbol": symbol, "stream": "trade", "event_time_us": time_us + 300,
-            "trade_time_us": time_us, "sequence_id": i, "price": PRICES[i % len(PRICES)],
-            "quantity": "12.5", "is_buyer_maker": bool(i & 1),
+            "symbol": symbol,
+            "stream": "trade",
+            "event_time_us": time_us + 300,
+            "trade_time_us": time_us,
+            "sequence_id": i,
+            "price": PRICES[i % len(PRICES)],
+            "quantity": "12.5",
+            "is_buyer_maker": bool(i & 1),
             "received_at_us": received_at_us if received_at_us is not None else time_us + 900,
             "source": "ws",
         }
@@ -77,17 +84,27 @@ def admin_dsn(settings: ConsumerSettings) -> str:
     if dsn:
         return dsn
     return psycopg.conninfo.make_conninfo(
-        host=str(ROOT / ".local/run/postgres"), port=settings.postgres_port, dbname="postgres", user="postgres"
+        host=str(ROOT / ".local/run/postgres"),
+        port=settings.postgres_port,
+        dbname="postgres",
+        user="postgres",
     )
 
 
 def fresh_database(settings: ConsumerSettings, name: str) -> str:
     admin = admin_dsn(settings)
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("create database {} owner {}").format(
-            sql.Identifier(name), sql.Identifier(settings.postgres_user)))
-    with psycopg.connect(psycopg.conninfo.make_conninfo(admin, dbname=name), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
+        conn.execute(
+            sql.SQL("create database {} owner {}").format(
+                sql.Identifier(name), sql.Identifier(settings.postgres_user)
+            )
+        )
+    with psycopg.connect(
+        psycopg.conninfo.make_conninfo(admin, dbname=name), autocommit=True
+    ) as conn:
         conn.execute(sql.SQL("set role {}").format(sql.Identifier(settings.postgres_user)))
         conn.execute((ROOT / "init.sql").read_text())
         conn.execute("call staging.create_raw_prices_partitions('2025-03-04', '2025-03-05')")
@@ -96,7 +113,9 @@ def fresh_database(settings: ConsumerSettings, name: str) -> str:
 
 def drop_database(settings: ConsumerSettings, name: str) -> None:
     with psycopg.connect(admin_dsn(settings), autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
 
 
 def db_dsn(settings: ConsumerSettings, name: str) -> str:
@@ -116,10 +135,15 @@ def delete_topic(settings: ConsumerSettings, name: str) -> None:
 
 
 def fill_topic(settings: ConsumerSettings, topic: str, count: int) -> float:
-    producer = Producer({
-        "bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 50,
-        "batch.size": 1_000_000, "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000,
-    })
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "linger.ms": 50,
+            "batch.size": 1_000_000,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
     started = time.monotonic()
     for i in range(count):
         while True:
@@ -148,17 +172,51 @@ def copy_limit(dsn: str, count: int) -> float:
         price = prices[i % len(prices)]
         prev = previous.get(symbol)
         change = None if prev is None else price - prev
-        pct = None if prev is None or change is None else (change * 100 / prev).quantize(Decimal("1e-8"))
+        pct = (
+            None
+            if prev is None or change is None
+            else (change * 100 / prev).quantize(Decimal("1e-8"))
+        )
         previous[symbol] = price
         at = epoch + dt.timedelta(microseconds=time_us)
-        rows.append((symbol, "trade", i, at, at, price, Decimal("12.5"), bool(i & 1), prev, change, pct, at, "ws"))
-    types = ["text", "text", "int8", "timestamptz", "timestamptz", "numeric", "numeric", "bool",
-             "numeric", "numeric", "numeric", "timestamptz", "text"]
+        rows.append(
+            (
+                symbol,
+                "trade",
+                i,
+                at,
+                at,
+                price,
+                Decimal("12.5"),
+                bool(i & 1),
+                prev,
+                change,
+                pct,
+                at,
+                "ws",
+            )
+        )
+    types = [
+        "text",
+        "text",
+        "int8",
+        "timestamptz",
+        "timestamptz",
+        "numeric",
+        "numeric",
+        "bool",
+        "numeric",
+        "numeric",
+        "numeric",
+        "timestamptz",
+        "text",
+    ]
     with psycopg.connect(dsn) as conn:
         started = time.monotonic()
         with conn.cursor().copy(
-            "copy staging.raw_prices (symbol, stream, sequence_id, event_time, exchange_event_time, price,"
-            " quantity, is_buyer_maker, previous_price, price_change, price_change_pct, received_at, source)"
+            "copy staging.raw_prices (symbol, stream, sequence_id, event_time,"
+            " exchange_event_time, price, quantity, is_buyer_maker, previous_price,"
+            " price_change, price_change_pct, received_at, source)"
             " from stdin (format binary)"
         ) as copy:
             copy.set_types(types)
@@ -170,61 +228,105 @@ def copy_limit(dsn: str, count: int) -> float:
 
 
 # ----------------------------------------------------------------------------- (b) this consumer
-def consumer_env(settings: ConsumerSettings, dsn: str, topic: str, checkpoint: Path, **extra: str) -> dict[str, str]:
+def consumer_env(
+    settings: ConsumerSettings, dsn: str, topic: str, checkpoint: Path, **extra: str
+) -> dict[str, str]:
     params = psycopg.conninfo.conninfo_to_dict(dsn)
     env = dict(os.environ) | {
-        "POSTGRES_HOST": settings.postgres_host, "POSTGRES_PORT": str(settings.postgres_port),
-        "POSTGRES_DB": str(params["dbname"]), "POSTGRES_USER": settings.postgres_user,
+        "POSTGRES_HOST": settings.postgres_host,
+        "POSTGRES_PORT": str(settings.postgres_port),
+        "POSTGRES_DB": str(params["dbname"]),
+        "POSTGRES_USER": settings.postgres_user,
         "POSTGRES_PASSWORD": settings.postgres_password.get_secret_value(),
-        "KAFKA_TOPIC_PRICES": topic, "KAFKA_TOPIC_GAPS": topic + ".nogaps",
-        "SPARK_CHECKPOINT_DIR": str(checkpoint), "CONSUMER_METRICS_PORT": "0",
+        "KAFKA_TOPIC_PRICES": topic,
+        "KAFKA_TOPIC_GAPS": topic + ".nogaps",
+        "SPARK_CHECKPOINT_DIR": str(checkpoint),
+        "CONSUMER_METRICS_PORT": "0",
         "CONSUMER_REDIS_PREFIX": f"bench:{uuid.uuid4().hex[:8]}:last_price",
         "SPARK_MASTER": "local[*]",
-        "SPARK_JARS": settings.spark_jars or ",".join(
-            sorted(str(p) for p in (ROOT / ".local/jars/spark").glob("*.jar"))),
+        "SPARK_JARS": settings.spark_jars
+        or ",".join(sorted(str(p) for p in (ROOT / ".local/jars/spark").glob("*.jar"))),
     }
     return env | extra
 
 
-def run_consumer_backlog(settings: ConsumerSettings, dsn: str, topic: str, workdir: Path, write_mode: str) -> dict[str, Any]:
+def run_consumer_backlog(
+    settings: ConsumerSettings, dsn: str, topic: str, workdir: Path, write_mode: str
+) -> dict[str, Any]:
     checkpoint = workdir / f"ckpt-{write_mode}"
-    env = consumer_env(settings, dsn, topic, checkpoint, SPARK_TRIGGER_INTERVAL="availableNow",
-                       CONSUMER_WRITE_MODE=write_mode)
+    env = consumer_env(
+        settings,
+        dsn,
+        topic,
+        checkpoint,
+        SPARK_TRIGGER_INTERVAL="availableNow",
+        CONSUMER_WRITE_MODE=write_mode,
+    )
     log = workdir / f"consumer-{write_mode}.log"
     started = time.monotonic()
     with log.open("wb") as out:
-        code = subprocess.call([sys.executable, "-m", "consumer_app"], cwd=ROOT, env=env,  # noqa: S603
-                               stdout=out, stderr=subprocess.STDOUT)
+        code = subprocess.call(  # noqa: S603 - our own module, fixed arguments
+            [sys.executable, "-m", "consumer_app"],
+            cwd=ROOT,
+            env=env,  # noqa: S603
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     wall = time.monotonic() - started
     if code != 0:
         raise SystemExit(f"consumer failed ({code}); see {log}")
     with psycopg.connect(dsn) as conn:
         batches = conn.execute(
-            "select batch_id, row_count, committed_at from staging.consumer_batches order by batch_id"
+            "select batch_id, row_count, committed_at"
+            " from staging.consumer_batches order by batch_id"
         ).fetchall()
         rows = conn.execute("select count(*) from staging.raw_prices").fetchone()[0]  # type: ignore[index]
-    durations = [float(line.split(" in ")[1].split("s")[0]) for line in log.read_text().splitlines()
-                 if "consumer_app.job: batch " in line and " in " in line]
+    durations = [
+        float(line.split(" in ")[1].split("s")[0])
+        for line in log.read_text().splitlines()
+        if "consumer_app.job: batch " in line and " in " in line
+    ]
     first, last = batches[0], batches[-1]
     span = (last[2] - first[2]).total_seconds()
     sustained = (rows - first[1]) / span if span > 0 else float("nan")
-    return {"rows": rows, "batches": len(batches), "wall_s": wall, "sustained_eps": sustained,
-            "batch_s_median": sorted(durations)[len(durations) // 2] if durations else None, "log": str(log)}
+    return {
+        "rows": rows,
+        "batches": len(batches),
+        "wall_s": wall,
+        "sustained_eps": sustained,
+        "batch_s_median": sorted(durations)[len(durations) // 2] if durations else None,
+        "log": str(log),
+    }
 
 
-def run_consumer_live(settings: ConsumerSettings, dsn: str, workdir: Path, rate: int, seconds: int,
-                      module: list[str], name: str, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_consumer_live(
+    settings: ConsumerSettings,
+    dsn: str,
+    workdir: Path,
+    rate: int,
+    seconds: int,
+    module: list[str],
+    name: str,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Produce at `rate` events/s with received_at = now while the job runs; latency from the DB."""
     topic = make_topic(settings, f"bench.live.{name}.{uuid.uuid4().hex[:6]}")
     checkpoint = workdir / f"ckpt-live-{name}"
     env = consumer_env(settings, dsn, topic, checkpoint, **(extra_env or {}))
     log = workdir / f"live-{name}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, *module], cwd=ROOT, env=env,  # noqa: S603
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+            [sys.executable, *module],
+            cwd=ROOT,
+            env=env,  # noqa: S603
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         try:
             time.sleep(45)  # JVM + first (empty) batches
-            producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 0})
+            producer = Producer(
+                {"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 0}
+            )
             start = time.monotonic()
             # the first WARMUP_S of traffic warms the JIT and is left out of the latency
             measured_from_us = time.time_ns() // 1000 + WARMUP_S * 1_000_000
@@ -233,8 +335,11 @@ def run_consumer_live(settings: ConsumerSettings, dsn: str, workdir: Path, rate:
                 target = int((time.monotonic() - start) * rate)
                 while sent < target:
                     now_us = time.time_ns() // 1000
-                    producer.produce(topic, key=SYMBOLS[sent % len(SYMBOLS)].encode(),
-                                     value=event(10_000_000 + sent, received_at_us=now_us))
+                    producer.produce(
+                        topic,
+                        key=SYMBOLS[sent % len(SYMBOLS)].encode(),
+                        value=event(10_000_000 + sent, received_at_us=now_us),
+                    )
                     sent += 1
                 producer.poll(0)
                 time.sleep(0.001)
@@ -256,9 +361,15 @@ def run_consumer_live(settings: ConsumerSettings, dsn: str, workdir: Path, rate:
     status = json.loads(status_file.read_text()) if status_file.exists() else {}
     delete_topic(settings, topic)
     p50, p99 = latency_from_db(dsn, measured_from_us)
-    return {"sent": sent, "rows": done, "p50_s": p50, "p99_s": p99,
-            "status_p50_s_all_rows": status.get("latency_p50_s"),
-            "status_p99_s_all_rows": status.get("latency_p99_s"), "log": str(log)}
+    return {
+        "sent": sent,
+        "rows": done,
+        "p50_s": p50,
+        "p99_s": p99,
+        "status_p50_s_all_rows": status.get("latency_p50_s"),
+        "status_p99_s_all_rows": status.get("latency_p99_s"),
+        "log": str(log),
+    }
 
 
 def latency_from_db(dsn: str, measured_from_us: int) -> tuple[float, float]:
@@ -274,23 +385,36 @@ def latency_from_db(dsn: str, measured_from_us: int) -> tuple[float, float]:
             " where received_at >= to_timestamp(%s / 1e6)",
             (measured_from_us,),
         ).fetchone()
-    assert row is not None
+    if row is None:
+        raise SystemExit("no latency rows")
     return float(row[0][0]), float(row[0][1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=5_000_000)
-    parser.add_argument("--original-events", type=int, default=1_000_000,
-                        help="backlog size for the original design (it is slow)")
+    parser.add_argument(
+        "--original-events",
+        type=int,
+        default=1_000_000,
+        help="backlog size for the original design (it is slow)",
+    )
     parser.add_argument("--live-rate", type=int, default=1000)
     parser.add_argument("--live-seconds", type=int, default=60)
-    parser.add_argument("--skip", default="", help="comma list of: limit,consumer,merge,live,original")
+    parser.add_argument(
+        "--skip", default="", help="comma list of: limit,consumer,merge,live,original"
+    )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     settings = ConsumerSettings()
     workdir = Path(tempfile.mkdtemp(prefix="bench_consumer_"))
-    results: dict[str, Any] = {"machine": machine(), "events": args.events, "date": dt.datetime.now(dt.UTC).isoformat()}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "events": args.events,
+        "date": dt.datetime.now(dt.UTC).isoformat(),
+    }
     print(f"machine: {results['machine']}\nworkdir: {workdir}", flush=True)
 
     topic = make_topic(settings, f"bench.consumer.{uuid.uuid4().hex[:8]}")
@@ -304,26 +428,49 @@ def main() -> None:
             print(f"(a) limit: plain binary COPY {results['limit_eps']:,.0f} rows/s", flush=True)
         if "consumer" not in skip:
             db = fresh_database(settings, "bench_consumer_fast")
-            results["consumer"] = run_consumer_backlog(settings, db_dsn(settings, db), topic, workdir, "optimistic")
+            results["consumer"] = run_consumer_backlog(
+                settings, db_dsn(settings, db), topic, workdir, "optimistic"
+            )
             drop_database(settings, db)
             c = results["consumer"]
-            print(f"(b) consumer: {c['rows']:,} rows in {c['batches']} batches, sustained {c['sustained_eps']:,.0f} "
-                  f"events/s, median batch {c['batch_s_median']} s, wall {c['wall_s']:.0f} s", flush=True)
+            print(
+                f"(b) consumer: {c['rows']:,} rows in {c['batches']} batches, "
+                f"sustained {c['sustained_eps']:,.0f} "
+                f"events/s, median batch {c['batch_s_median']} s, wall {c['wall_s']:.0f} s",
+                flush=True,
+            )
         if "merge" not in skip:
             db = fresh_database(settings, "bench_consumer_merge")
-            results["consumer_merge"] = run_consumer_backlog(settings, db_dsn(settings, db), topic, workdir, "merge")
+            results["consumer_merge"] = run_consumer_backlog(
+                settings, db_dsn(settings, db), topic, workdir, "merge"
+            )
             drop_database(settings, db)
             m = results["consumer_merge"]
-            print(f"(b') consumer, always temp table + ON CONFLICT: sustained {m['sustained_eps']:,.0f} events/s, "
-                  f"median batch {m['batch_s_median']} s", flush=True)
+            print(
+                "(b') consumer, always temp table + ON CONFLICT: "
+                f"sustained {m['sustained_eps']:,.0f} events/s, "
+                f"median batch {m['batch_s_median']} s",
+                flush=True,
+            )
         if "live" not in skip:
             db = fresh_database(settings, "bench_consumer_live")
-            results["live"] = run_consumer_live(settings, db_dsn(settings, db), workdir, args.live_rate,
-                                                args.live_seconds, ["-m", "consumer_app"], "consumer")
+            results["live"] = run_consumer_live(
+                settings,
+                db_dsn(settings, db),
+                workdir,
+                args.live_rate,
+                args.live_seconds,
+                ["-m", "consumer_app"],
+                "consumer",
+            )
             drop_database(settings, db)
             lv = results["live"]
-            print(f"(b) consumer live at {args.live_rate}/s: {lv['rows']}/{lv['sent']} rows, event-to-commit "
-                  f"p50 {lv['p50_s']} s, p99 {lv['p99_s']} s", flush=True)
+            print(
+                f"(b) consumer live at {args.live_rate}/s: {lv['rows']}/{lv['sent']} rows, "
+                "event-to-commit "
+                f"p50 {lv['p50_s']} s, p99 {lv['p99_s']} s",
+                flush=True,
+            )
         if "original" not in skip:
             results["original"] = run_original(settings, workdir, topic, args)
     finally:
@@ -334,34 +481,65 @@ def main() -> None:
 
 
 # ----------------------------------------------------------------------------- (c) the original
-def run_original(settings: ConsumerSettings, workdir: Path, topic: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_original(
+    settings: ConsumerSettings, workdir: Path, topic: str, args: argparse.Namespace
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     small = make_topic(settings, f"bench.original.{uuid.uuid4().hex[:6]}")
     fill_topic(settings, small, args.original_events)
     db = fresh_database(settings, "bench_consumer_original")
     dsn = db_dsn(settings, db)
-    env = consumer_env(settings, dsn, small, workdir / "ckpt-original", BENCH_ORIGINAL_STOP_AT=str(args.original_events))
+    env = consumer_env(
+        settings,
+        dsn,
+        small,
+        workdir / "ckpt-original",
+        BENCH_ORIGINAL_STOP_AT=str(args.original_events),
+    )
     started = time.monotonic()
     log = workdir / "original.log"
     with log.open("wb") as handle:
-        code = subprocess.call([sys.executable, str(Path(__file__)), "--original-job"], cwd=ROOT, env=env,  # noqa: S603
-                               stdout=handle, stderr=subprocess.STDOUT)
+        code = subprocess.call(  # noqa: S603 - our own module, fixed arguments
+            [sys.executable, str(Path(__file__)), "--original-job"],
+            cwd=ROOT,
+            env=env,  # noqa: S603
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
     wall = time.monotonic() - started
     with psycopg.connect(dsn) as conn:
         rows = conn.execute("select count(*) from staging.raw_prices").fetchone()[0]  # type: ignore[index]
-        first, last = conn.execute("select min(ingested_at), max(ingested_at) from staging.raw_prices").fetchone()  # type: ignore[misc]
-    out["backlog"] = {"rows": rows, "exit": code, "wall_s": wall, "log": str(log),
-                      "eps_wall_after_start": rows / max(wall - 20, 1)}
+        first, last = conn.execute(
+            "select min(ingested_at), max(ingested_at) from staging.raw_prices"
+        ).fetchone()  # type: ignore[misc]
+    out["backlog"] = {
+        "rows": rows,
+        "exit": code,
+        "wall_s": wall,
+        "log": str(log),
+        "eps_wall_after_start": rows / max(wall - 20, 1),
+    }
     drop_database(settings, db)
     delete_topic(settings, small)
     print(f"(c) original backlog: {rows:,} rows, exit {code}, wall {wall:.0f} s", flush=True)
     db = fresh_database(settings, "bench_consumer_original_live")
     dsn = db_dsn(settings, db)
-    live = run_consumer_live(settings, dsn, workdir, args.live_rate, args.live_seconds,
-                             [str(Path(__file__)), "--original-job"], "original")
+    live = run_consumer_live(
+        settings,
+        dsn,
+        workdir,
+        args.live_rate,
+        args.live_seconds,
+        [str(Path(__file__)), "--original-job"],
+        "original",
+    )
     out["live"] = live
     drop_database(settings, db)
-    print(f"(c) original live at {args.live_rate}/s: p50 {live['p50_s']:.2f} s, p99 {live['p99_s']:.2f} s", flush=True)
+    print(
+        f"(c) original live at {args.live_rate}/s: "
+        f"p50 {live['p50_s']:.2f} s, p99 {live['p99_s']:.2f} s",
+        flush=True,
+    )
     return out
 
 
@@ -376,46 +554,90 @@ def original_job() -> None:
 
     settings = ConsumerSettings()
     os.environ["PYSPARK_PYTHON"] = sys.executable
-    jars = [settings.spark_jars] + [str(p) for p in (ROOT / ".local/jars/spark").glob("postgresql-*.jar")]
-    spark = (SparkSession.builder.master(settings.spark_master).appName("original_consumer")
-             .config("spark.jars", ",".join(filter(None, jars))).config("spark.ui.enabled", "false")
-             .config("spark.driver.memory", "2g").getOrCreate())
+    jars = [settings.spark_jars] + [
+        str(p) for p in (ROOT / ".local/jars/spark").glob("postgresql-*.jar")
+    ]
+    spark = (
+        SparkSession.builder.master(settings.spark_master)
+        .appName("original_consumer")
+        .config("spark.jars", ",".join(filter(None, jars)))
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", "2g")
+        .getOrCreate()
+    )
     spark.sparkContext.setLogLevel("WARN")
-    client = redis.Redis(host=settings.redis_host, port=settings.redis_port, db=settings.redis_db, decode_responses=True)
+    client = redis.Redis(
+        host=settings.redis_host,
+        port=settings.redis_port,
+        db=settings.redis_db,
+        decode_responses=True,
+    )
     prefix = settings.consumer_redis_prefix
     url = f"jdbc:postgresql://{settings.postgres_host}:{settings.postgres_port}/{settings.postgres_db}"
-    props = {"user": settings.postgres_user, "password": settings.postgres_password.get_secret_value(),
-             "driver": "org.postgresql.Driver", "stringtype": "unspecified"}
+    props = {
+        "user": settings.postgres_user,
+        "password": settings.postgres_password.get_secret_value(),
+        "driver": "org.postgresql.Driver",
+        "stringtype": "unspecified",
+    }
     stop_at = int(os.environ.get("BENCH_ORIGINAL_STOP_AT", "0"))
     written = [0]
 
     def process(batch: Any, batch_id: int) -> None:
-        events = batch.select(F.from_json(F.col("value").cast("string"), EVENT_SCHEMA).alias("e")).select("e.*")
-        events = events.withColumn("price", F.col("price").cast(DoubleType()))  # the original's floats
+        events = batch.select(
+            F.from_json(F.col("value").cast("string"), EVENT_SCHEMA).alias("e")
+        ).select("e.*")
+        events = events.withColumn(
+            "price", F.col("price").cast(DoubleType())
+        )  # the original's floats
         symbols = [r.symbol for r in events.select("symbol").distinct().collect()]
-        last = dict(zip(symbols, client.mget([f"{prefix}:{s}" for s in symbols]), strict=True)) if symbols else {}
-        last_df = spark.createDataFrame([(s, float(v) if v else None) for s, v in last.items()],
-                                        "symbol string, redis_price double")
+        last = (
+            dict(zip(symbols, client.mget([f"{prefix}:{s}" for s in symbols]), strict=True))
+            if symbols
+            else {}
+        )
+        last_df = spark.createDataFrame(
+            [(s, float(v) if v else None) for s, v in last.items()],
+            "symbol string, redis_price double",
+        )
         w = Window.partitionBy("symbol").orderBy("trade_time_us")
-        rows = (events.join(F.broadcast(last_df), "symbol", "left")
-                .withColumn("previous_price", F.coalesce(F.lag("price").over(w), F.col("redis_price")))
-                .withColumn("price_change", F.col("price") - F.col("previous_price"))
-                .withColumn("price_change_pct", F.col("price_change") / F.col("previous_price") * 100)
-                .select("symbol", "stream", "sequence_id",
-                        F.timestamp_micros("trade_time_us").alias("event_time"),
-                        F.timestamp_micros("event_time_us").alias("exchange_event_time"),
-                        "price", F.col("quantity").cast(DoubleType()).alias("quantity"), "is_buyer_maker",
-                        "previous_price", "price_change", "price_change_pct",
-                        F.timestamp_micros("received_at_us").alias("received_at"), "source"))
+        rows = (
+            events.join(F.broadcast(last_df), "symbol", "left")
+            .withColumn("previous_price", F.coalesce(F.lag("price").over(w), F.col("redis_price")))
+            .withColumn("price_change", F.col("price") - F.col("previous_price"))
+            .withColumn("price_change_pct", F.col("price_change") / F.col("previous_price") * 100)
+            .select(
+                "symbol",
+                "stream",
+                "sequence_id",
+                F.timestamp_micros("trade_time_us").alias("event_time"),
+                F.timestamp_micros("event_time_us").alias("exchange_event_time"),
+                "price",
+                F.col("quantity").cast(DoubleType()).alias("quantity"),
+                "is_buyer_maker",
+                "previous_price",
+                "price_change",
+                "price_change_pct",
+                F.timestamp_micros("received_at_us").alias("received_at"),
+                "source",
+            )
+        )
         rows.write.jdbc(url, "staging.raw_prices", mode="append", properties=props)
         newest = rows.groupBy("symbol").agg(F.max_by("price", "event_time").alias("p")).collect()
         if newest:
             client.mset({f"{prefix}:{r.symbol}": str(r.p) for r in newest})
         written[0] += batch.count()
 
-    query = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
-             .option("subscribe", settings.kafka_topic_prices).option("startingOffsets", "earliest").load()
-             .writeStream.foreachBatch(process).trigger(processingTime="15 seconds").start())
+    query = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
+        .option("subscribe", settings.kafka_topic_prices)
+        .option("startingOffsets", "earliest")
+        .load()
+        .writeStream.foreachBatch(process)
+        .trigger(processingTime="15 seconds")
+        .start()
+    )
     while query.isActive:
         query.awaitTermination(1)
         if stop_at and written[0] >= stop_at:

@@ -14,7 +14,9 @@ log = logging.getLogger("consumer_app")
 
 def main() -> int:
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     job = ConsumerJob(get_settings())
     install_signal_handlers(job)

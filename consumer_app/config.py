@@ -23,47 +23,65 @@ class ConsumerSettings(BaseSettings):
     )
 
     # Spark
-    spark_master: str = Field("local[*]", alias="SPARK_MASTER")
-    spark_checkpoint_dir: str = Field(".local/checkpoints/consumer", alias="SPARK_CHECKPOINT_DIR")
+    spark_master: str = Field(default="local[*]", validation_alias="SPARK_MASTER")
+    spark_checkpoint_dir: str = Field(
+        default=".local/checkpoints/consumer", validation_alias="SPARK_CHECKPOINT_DIR"
+    )
     # "" = as fast as possible (processingTime 0), "availableNow" = drain the topic then
     # stop, anything else is a processingTime interval such as "15 seconds".
-    spark_trigger_interval: str = Field("", alias="SPARK_TRIGGER_INTERVAL")
-    spark_max_offsets_per_trigger: int = Field(200_000, alias="SPARK_MAX_OFFSETS_PER_TRIGGER", gt=0)
-    spark_jars: str = Field("", alias="SPARK_JARS")
+    spark_trigger_interval: str = Field(default="", validation_alias="SPARK_TRIGGER_INTERVAL")
+    spark_max_offsets_per_trigger: int = Field(
+        default=200_000, validation_alias="SPARK_MAX_OFFSETS_PER_TRIGGER", gt=0
+    )
+    spark_jars: str = Field(default="", validation_alias="SPARK_JARS")
 
     # Kafka
-    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", alias="KAFKA_BOOTSTRAP_SERVERS")
-    kafka_topic_prices: str = Field("binance.prices", alias="KAFKA_TOPIC_PRICES")
-    kafka_topic_gaps: str = Field("binance.gaps", alias="KAFKA_TOPIC_GAPS")
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS"
+    )
+    kafka_topic_prices: str = Field(default="binance.prices", validation_alias="KAFKA_TOPIC_PRICES")
+    kafka_topic_gaps: str = Field(default="binance.gaps", validation_alias="KAFKA_TOPIC_GAPS")
 
     # PostgreSQL
-    postgres_host: str = Field("127.0.0.1", alias="POSTGRES_HOST")
-    postgres_port: int = Field(5432, alias="POSTGRES_PORT")
-    postgres_db: str = Field("crypto", alias="POSTGRES_DB")
-    postgres_user: str = Field("pipeline", alias="POSTGRES_USER")
-    postgres_password: SecretStr = Field(SecretStr(""), alias="POSTGRES_PASSWORD")
+    postgres_host: str = Field(default="127.0.0.1", validation_alias="POSTGRES_HOST")
+    postgres_port: int = Field(default=5432, validation_alias="POSTGRES_PORT")
+    postgres_db: str = Field(default="crypto", validation_alias="POSTGRES_DB")
+    postgres_user: str = Field(default="pipeline", validation_alias="POSTGRES_USER")
+    postgres_password: SecretStr = Field(
+        default=SecretStr(""), validation_alias="POSTGRES_PASSWORD"
+    )
 
     # Redis
-    redis_host: str = Field("127.0.0.1", alias="REDIS_HOST")
-    redis_port: int = Field(6379, alias="REDIS_PORT")
-    redis_db: int = Field(0, alias="REDIS_DB")
+    redis_host: str = Field(default="127.0.0.1", validation_alias="REDIS_HOST")
+    redis_port: int = Field(default=6379, validation_alias="REDIS_PORT")
+    redis_db: int = Field(default=0, validation_alias="REDIS_DB")
 
     # consumer's own knobs
-    consumer_metrics_port: int = Field(9109, alias="CONSUMER_METRICS_PORT")
+    consumer_metrics_port: int = Field(default=9109, validation_alias="CONSUMER_METRICS_PORT")
     # 0 disables the metrics HTTP server (tests run several jobs in one process).
-    consumer_redis_prefix: str = Field("consumer:last_price", alias="CONSUMER_REDIS_PREFIX")
-    consumer_shuffle_partitions: int = Field(2, alias="CONSUMER_SHUFFLE_PARTITIONS", gt=0)
-    consumer_driver_memory: str = Field("2g", alias="CONSUMER_DRIVER_MEMORY")
+    consumer_redis_prefix: str = Field(
+        default="consumer:last_price", validation_alias="CONSUMER_REDIS_PREFIX"
+    )
+    consumer_shuffle_partitions: int = Field(
+        default=2, validation_alias="CONSUMER_SHUFFLE_PARTITIONS", gt=0
+    )
+    consumer_driver_memory: str = Field(default="2g", validation_alias="CONSUMER_DRIVER_MEMORY")
     # true: stop when Kafka has already deleted offsets we never read (exactly-once
     # cannot be kept); false: log and skip them.
-    consumer_fail_on_data_loss: bool = Field(True, alias="CONSUMER_FAIL_ON_DATA_LOSS")
-    consumer_sink_gaps: bool = Field(True, alias="CONSUMER_SINK_GAPS")
-    consumer_status_file: str = Field("", alias="CONSUMER_STATUS_FILE")
+    consumer_fail_on_data_loss: bool = Field(
+        default=True, validation_alias="CONSUMER_FAIL_ON_DATA_LOSS"
+    )
+    consumer_sink_gaps: bool = Field(default=True, validation_alias="CONSUMER_SINK_GAPS")
+    consumer_status_file: str = Field(default="", validation_alias="CONSUMER_STATUS_FILE")
     # how long a lost Redis/PostgreSQL connection is retried before the job gives up
-    consumer_retry_seconds: float = Field(60.0, alias="CONSUMER_RETRY_SECONDS", ge=0)
+    consumer_retry_seconds: float = Field(
+        default=60.0, validation_alias="CONSUMER_RETRY_SECONDS", ge=0
+    )
     # optimistic: COPY straight into staging.raw_prices, merge only after a key conflict;
     # merge: always COPY into a temp table + INSERT ... ON CONFLICT DO NOTHING
-    consumer_write_mode: Literal["optimistic", "merge"] = Field("optimistic", alias="CONSUMER_WRITE_MODE")
+    consumer_write_mode: Literal["optimistic", "merge"] = Field(
+        default="optimistic", validation_alias="CONSUMER_WRITE_MODE"
+    )
 
     @property
     def postgres_conninfo(self) -> str:

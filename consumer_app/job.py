@@ -25,8 +25,8 @@ from types import FrameType
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F  # noqa: N812
 from pyspark.sql.streaming import StreamingQuery
@@ -152,8 +152,12 @@ class PriceBatchWriter:
         if committed:
             self._catch_up_state(batch, query_id, batch_id, latest)
             self._metrics.record_batch(
-                batch_id=batch_id, outcome="skipped", rows=0, duration_s=time.monotonic() - started,
-                received_at_us=np.empty(0), committed_at=time.time(),
+                batch_id=batch_id,
+                outcome="skipped",
+                rows=0,
+                duration_s=time.monotonic() - started,
+                received_at_us=np.empty(0),
+                committed_at=time.time(),
             )
             return
         last_prices = self._state.load(watermark(query_id, latest), self._recover)
@@ -170,16 +174,29 @@ class PriceBatchWriter:
         outcome = "skipped" if result.skipped else ("merged" if result.merged else "written")
         duration = time.monotonic() - started
         self._metrics.record_batch(
-            batch_id=batch_id, outcome=outcome, rows=result.rows_inserted, duration_s=duration,
-            received_at_us=table.column("received_at_us").to_numpy(), committed_at=committed_at,
+            batch_id=batch_id,
+            outcome=outcome,
+            rows=result.rows_inserted,
+            duration_s=duration,
+            received_at_us=table.column("received_at_us").to_numpy(),
+            committed_at=committed_at,
         )
         log.info(
-            "batch %s: %s rows %s in %.3fs (ledger+state %.3fs, spark %.3fs, postgres %.3fs; %d keys)",
-            batch_id, result.rows_inserted, outcome, duration, prepared - started,
-            collected - prepared, written - collected, len(last_prices),
+            "batch %s: %s rows %s in %.3fs "
+            "(ledger+state %.3fs, spark %.3fs, postgres %.3fs; %d keys)",
+            batch_id,
+            result.rows_inserted,
+            outcome,
+            duration,
+            prepared - started,
+            collected - prepared,
+            written - collected,
+            len(last_prices),
         )
 
-    def _catch_up_state(self, batch: DataFrame, query_id: str, batch_id: int, latest: int | None) -> None:
+    def _catch_up_state(
+        self, batch: DataFrame, query_id: str, batch_id: int, latest: int | None
+    ) -> None:
         """A batch committed before a crash: make Redis hold the state as of `latest`."""
         _, mark = self._state.read()
         if mark == watermark(query_id, latest):
@@ -194,8 +211,12 @@ class PriceBatchWriter:
 
 
 def _us_to_datetime(value: int | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value / 1_000_000, tz=UTC).replace(
-        microsecond=value % 1_000_000
+    return (
+        None
+        if value is None
+        else datetime.fromtimestamp(value / 1_000_000, tz=UTC).replace(
+            microsecond=value % 1_000_000
+        )
     )
 
 
@@ -207,16 +228,26 @@ class GapBatchWriter:
         self._metrics = metrics
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        gaps = batch.select(F.from_json(F.col("value").cast("string"), GAP_SCHEMA).alias("g")).select("g.*")
+        gaps = batch.select(
+            F.from_json(F.col("value").cast("string"), GAP_SCHEMA).alias("g")
+        ).select("g.*")
         rows: list[tuple[Any, ...]] = []
         for gap in gaps.collect():
             record = gap.asDict()
-            if record["symbol"] is None or record["first_missing_id"] is None or record["window_start_us"] is None:
+            if (
+                record["symbol"] is None
+                or record["first_missing_id"] is None
+                or record["window_start_us"] is None
+            ):
                 log.warning("gap event without its key fields dropped: %s", record)
                 continue
             record["window_start"] = _us_to_datetime(record["window_start_us"])
-            record["window_end"] = _us_to_datetime(record["window_end_us"] or record["window_start_us"])
-            record["detected_at"] = _us_to_datetime(record["detected_at_us"] or record["window_end_us"])
+            record["window_end"] = _us_to_datetime(
+                record["window_end_us"] or record["window_start_us"]
+            )
+            record["detected_at"] = _us_to_datetime(
+                record["detected_at_us"] or record["window_end_us"]
+            )
             record["filled_count"] = record["filled_count"] or 0
             record["unfilled_count"] = record["unfilled_count"] or 0
             record["reason"] = record["reason"] or ""
@@ -267,18 +298,28 @@ class ConsumerJob:
         topics = check_kafka(s.kafka_bootstrap_servers)
         if s.kafka_topic_prices not in topics:
             raise ConsumerError(
-                f"Kafka topic {s.kafka_topic_prices} does not exist: `make services` creates the topics"
+                f"Kafka topic {s.kafka_topic_prices} does not exist: "
+                "`make services` creates the topics"
             )
         self._sink_gaps = s.consumer_sink_gaps and s.kafka_topic_gaps in topics
         if s.consumer_sink_gaps and not self._sink_gaps:
-            log.warning("Kafka topic %s does not exist: gap events are not sunk", s.kafka_topic_gaps)
-        state = PriceState(s.redis_url, s.consumer_redis_prefix, retry_seconds=s.consumer_retry_seconds)
+            log.warning(
+                "Kafka topic %s does not exist: gap events are not sunk", s.kafka_topic_gaps
+            )
+        state = PriceState(
+            s.redis_url, s.consumer_redis_prefix, retry_seconds=s.consumer_retry_seconds
+        )
         state.ping()
-        sink = PostgresSink(s.postgres_conninfo, retry_seconds=s.consumer_retry_seconds,
-                            write_mode=s.consumer_write_mode)
+        sink = PostgresSink(
+            s.postgres_conninfo,
+            retry_seconds=s.consumer_retry_seconds,
+            write_mode=s.consumer_write_mode,
+        )
         has_table = sink.run(
             "schema check",
-            lambda conn: conn.execute("select to_regclass('staging.raw_prices') is not null").fetchone(),
+            lambda conn: conn.execute(
+                "select to_regclass('staging.raw_prices') is not null"
+            ).fetchone(),
         )
         if not has_table or not has_table[0]:
             raise ConsumerError(
@@ -318,7 +359,12 @@ class ConsumerJob:
             )
             self.queries.append(gaps_query)
         self.metrics.set_state("running", query_id=str(prices_query.id), trigger=str(trigger))
-        log.info("consumer started: query %s, trigger %s, checkpoint %s", prices_query.id, trigger, checkpoint)
+        log.info(
+            "consumer started: query %s, trigger %s, checkpoint %s",
+            prices_query.id,
+            trigger,
+            checkpoint,
+        )
         return self.queries
 
     def stop(self) -> None:
@@ -336,12 +382,18 @@ class ConsumerJob:
                 progress = self.queries[0].lastProgress
                 if progress and progress.get("batchId", -1) != logged_batch:
                     logged_batch = progress["batchId"]
-                    log.info("progress of batch %s: %s rows, durations ms %s", logged_batch,
-                             progress.get("numInputRows"), progress.get("durationMs"))
+                    log.info(
+                        "progress of batch %s: %s rows, durations ms %s",
+                        logged_batch,
+                        progress.get("numInputRows"),
+                        progress.get("durationMs"),
+                    )
                 for query in self.queries:
                     failure = query.exception()
                     if failure is not None:
-                        raise ConsumerError(f"streaming query {query.name} failed: {failure}") from None
+                        raise ConsumerError(
+                            f"streaming query {query.name} failed: {failure}"
+                        ) from None
         finally:
             for query in self.queries:
                 if query.isActive:

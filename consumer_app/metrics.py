@@ -30,7 +30,10 @@ _RING_SIZE = 2_000_000
 
 
 class BulkHistogram(Collector):
-    """A histogram fed a whole numpy array at once (a per-row observe() is too slow at 200k rows)."""
+    """A histogram fed a whole numpy array at once.
+
+    A per-row observe() costs ~1 µs: 0.2 s per 200k-row batch, on the single driver thread.
+    """
 
     def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
         self._name = name
@@ -73,7 +76,9 @@ class BulkHistogram(Collector):
     def collect(self) -> Iterator[HistogramMetricFamily]:
         with self._lock:
             cumulative = np.cumsum(self._counts)
-            buckets = [(str(b), float(c)) for b, c in zip(self._bounds, cumulative[:-1], strict=True)]
+            buckets = [
+                (str(b), float(c)) for b, c in zip(self._bounds, cumulative[:-1], strict=True)
+            ]
             buckets.append(("+Inf", float(cumulative[-1])))
             total = self._sum
         family = HistogramMetricFamily(self._name, self._documentation)
@@ -104,21 +109,28 @@ class ConsumerMetrics:
         )
         self.batches_total = Counter(
             "consumer_batches",
-            "Micro-batches by outcome (written, merged = replayed rows, skipped = already committed)",
+            "Micro-batches by outcome "
+            "(written, merged = replayed rows, skipped = already committed)",
             ["outcome"],
             registry=self.registry,
         )
         self.gap_rows_total = Counter(
-            "consumer_gap_rows", "Gap events upserted into staging.feed_gaps", registry=self.registry
+            "consumer_gap_rows",
+            "Gap events upserted into staging.feed_gaps",
+            registry=self.registry,
         )
         self.lag = Gauge(
             "consumer_lag_offsets",
             "Kafka end offsets minus offsets processed, summed over partitions of the prices topic",
             registry=self.registry,
         )
-        self.last_batch_id = Gauge("consumer_last_batch_id", "Last committed batch id", registry=self.registry)
+        self.last_batch_id = Gauge(
+            "consumer_last_batch_id", "Last committed batch id", registry=self.registry
+        )
         self.last_commit = Gauge(
-            "consumer_last_commit_timestamp_seconds", "Unix time of the last commit", registry=self.registry
+            "consumer_last_commit_timestamp_seconds",
+            "Unix time of the last commit",
+            registry=self.registry,
         )
         self.latency = BulkHistogram(
             "consumer_event_to_commit_latency_seconds",
@@ -174,7 +186,11 @@ class ConsumerMetrics:
 
     def status(self) -> dict[str, Any]:
         p50, p99 = self.latency.quantiles((0.5, 0.99))
-        return self._status | {"latency_p50_s": p50, "latency_p99_s": p99, "updated_at": time.time()}
+        return self._status | {
+            "latency_p50_s": p50,
+            "latency_p99_s": p99,
+            "updated_at": time.time(),
+        }
 
     def write_status(self) -> None:
         """Atomically replace the status file with one JSON object."""

@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 import psycopg
-import pyarrow as pa
+import pyarrow as pa  # type: ignore[import-untyped]
 from psycopg import sql
 
 from consumer_app.errors import ServiceUnavailableError, SinkError
@@ -126,14 +126,17 @@ class PostgresSink:
     # connection -------------------------------------------------------------------
     def _target(self) -> str:
         params = psycopg.conninfo.conninfo_to_dict(self._conninfo)
-        return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+        host, port = params.get("host", "localhost"), params.get("port", 5432)
+        return f"{host}:{port}/{params.get('dbname', '')}"
 
     def connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             try:
                 self._conn = psycopg.connect(self._conninfo, autocommit=False, connect_timeout=5)
             except psycopg.OperationalError as err:
-                raise ServiceUnavailableError("PostgreSQL", self._target(), str(err).strip()) from err
+                raise ServiceUnavailableError(
+                    "PostgreSQL", self._target(), str(err).strip()
+                ) from err
             self._temp_ready = False
         return self._conn
 
@@ -167,7 +170,9 @@ class PostgresSink:
                     raise ServiceUnavailableError(
                         "PostgreSQL", self._target(), str(err).strip()
                     ) from err
-                log.warning("PostgreSQL unavailable during %s (%s); retrying in %.1fs", what, err, delay)
+                log.warning(
+                    "PostgreSQL unavailable during %s (%s); retrying in %.1fs", what, err, delay
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -210,7 +215,8 @@ class PostgresSink:
         self.ensure_partitions(batch_days(price_time_us))
         columns = arrow_columns_to_python(table)
         return self._with_retry(
-            f"batch {batch_id}", lambda conn: self._write(conn, query_id, batch_id, columns, table.num_rows)
+            f"batch {batch_id}",
+            lambda conn: self._write(conn, query_id, batch_id, columns, table.num_rows),
         )
 
     def _write(
@@ -229,18 +235,28 @@ class PostgresSink:
                     (query_id, batch_id, row_count),
                 ).rowcount
                 if claimed == 0:
-                    log.info("batch %s of query %s is already committed: skipped", batch_id, query_id)
+                    log.info(
+                        "batch %s of query %s is already committed: skipped", batch_id, query_id
+                    )
                     return WriteResult(rows_inserted=0, skipped=True, merged=False)
                 if self._write_mode == "optimistic":
                     try:
                         with conn.transaction():  # savepoint: a conflict undoes only the COPY
-                            self._copy(conn, sql.SQL("copy {} ({}) from stdin (format binary)").format(
-                                _RAW_PRICES, _COLUMN_LIST), columns)
+                            self._copy(
+                                conn,
+                                sql.SQL("copy {} ({}) from stdin (format binary)").format(
+                                    _RAW_PRICES, _COLUMN_LIST
+                                ),
+                                columns,
+                            )
                         return WriteResult(rows_inserted=row_count, skipped=False, merged=False)
                     except psycopg.errors.UniqueViolation:
                         log.warning(
                             "batch %s of query %s holds rows already stored (replay after a lost"
-                            " checkpoint?): merging with ON CONFLICT DO NOTHING", batch_id, query_id)
+                            " checkpoint?): merging with ON CONFLICT DO NOTHING",
+                            batch_id,
+                            query_id,
+                        )
                 inserted = self._merge(conn, columns)
                 return WriteResult(rows_inserted=inserted, skipped=False, merged=True)
         except psycopg.errors.DataError as err:
@@ -248,7 +264,9 @@ class PostgresSink:
         except psycopg.errors.IntegrityError as err:
             raise SinkError(f"batch {batch_id} breaks a table constraint: {err}") from err
 
-    def _copy(self, conn: psycopg.Connection[Any], statement: sql.Composed, columns: list[list[Any]]) -> None:
+    def _copy(
+        self, conn: psycopg.Connection[Any], statement: sql.Composed, columns: list[list[Any]]
+    ) -> None:
         with conn.cursor().copy(statement) as copy:
             copy.set_types([_COPY_TYPES[c] for c in RAW_PRICES_COLUMNS])
             write_row = copy.write_row
@@ -265,11 +283,15 @@ class PostgresSink:
             )
             self._temp_ready = True
         conn.execute(sql.SQL("truncate {}").format(_TEMP_ROWS))
-        self._copy(conn, sql.SQL("copy {} ({}) from stdin (format binary)").format(_TEMP_ROWS, _COLUMN_LIST), columns)
+        self._copy(
+            conn,
+            sql.SQL("copy {} ({}) from stdin (format binary)").format(_TEMP_ROWS, _COLUMN_LIST),
+            columns,
+        )
         return conn.execute(
-            sql.SQL(
-                "insert into {} ({cols}) select {cols} from {} on conflict do nothing"
-            ).format(_RAW_PRICES, _TEMP_ROWS, cols=_COLUMN_LIST)
+            sql.SQL("insert into {} ({cols}) select {cols} from {} on conflict do nothing").format(
+                _RAW_PRICES, _TEMP_ROWS, cols=_COLUMN_LIST
+            )
         ).rowcount
 
     # gaps -------------------------------------------------------------------------

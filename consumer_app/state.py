@@ -120,13 +120,19 @@ class PriceState:
         return prices, mark
 
     def advance(self, rows: Iterable[tuple[str, str, LastPrice]], mark: str | None) -> int:
-        """Move each key forward to its row (never backwards); set the watermark. Returns keys moved."""
+        """Move each key forward to its row (never backwards), set the watermark; keys moved."""
         args: list[Any] = [mark or ""]
         for symbol, stream, last in rows:
-            args += [state_key(symbol, stream), last.price_time_us, last.sequence_id, str(last.price)]
+            args += [
+                state_key(symbol, stream),
+                last.price_time_us,
+                last.sequence_id,
+                str(last.price),
+            ]
         return int(
             self._with_retry(
-                "advance", lambda: self._advance(keys=[self._hash_key, self._watermark_key], args=args)
+                "advance",
+                lambda: self._advance(keys=[self._hash_key, self._watermark_key], args=args),
             )
         )
 
@@ -146,8 +152,10 @@ class PriceState:
 
         self._with_retry("rebuild", rebuild)
 
-    def load(self, expected_mark: str, recover: Callable[[], dict[StateKey, LastPrice]]) -> dict[StateKey, LastPrice]:
-        """Last prices valid for the batch after `expected_mark`, recovering them if Redis lost them."""
+    def load(
+        self, expected_mark: str, recover: Callable[[], dict[StateKey, LastPrice]]
+    ) -> dict[StateKey, LastPrice]:
+        """Last prices valid after `expected_mark`, recovered from PostgreSQL if Redis lost them."""
         prices, mark = self.read()
         if mark == expected_mark:
             return prices

@@ -155,8 +155,8 @@ def with_price_changes(events: DataFrame, last_prices: Mapping[StateKey, LastPri
     )
     state_pt, state_seq = F.col("_state.pt"), F.col("_state.seq")
     has_state = F.col("_state").isNotNull()
-    is_duplicate = F.col("_lag_pt").isNotNull() & (F.col("_lag_pt") == pt) & (
-        F.col("_lag_seq") == seq
+    is_duplicate = (
+        F.col("_lag_pt").isNotNull() & (F.col("_lag_pt") == pt) & (F.col("_lag_seq") == seq)
     )
     is_stored = has_state & (pt == state_pt) & (seq == state_seq)
     # the preceding row continues the in-order chain only if it is newer than the state

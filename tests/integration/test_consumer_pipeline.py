@@ -112,9 +112,19 @@ def expected_rows(trades: list[Trade]) -> list[tuple[Any, ...]]:
         )
         rows.append(
             (
-                trade.symbol, "trade", trade.trade_id, _utc(trade.trade_time_us),
-                _utc(trade.event_time_us), price, Decimal(trade.quantity), trade.is_buyer_maker,
-                previous, change, pct, _utc(trade.received_at_us), "ws",
+                trade.symbol,
+                "trade",
+                trade.trade_id,
+                _utc(trade.trade_time_us),
+                _utc(trade.event_time_us),
+                price,
+                Decimal(trade.quantity),
+                trade.is_buyer_maker,
+                previous,
+                change,
+                pct,
+                _utc(trade.received_at_us),
+                "ws",
             )
         )
         previous = price
@@ -157,7 +167,9 @@ def assert_table_equals_recording(dsn: str, trades: list[Trade]) -> str:
 
 # ----------------------------------------------------------------------------- running the job
 def produce(bootstrap: str, topic: str, trades: list[Trade]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True}
+    )
     for trade in trades:
         producer.produce(topic, key=trade.symbol.encode(), value=to_event(trade))
         producer.poll(0)
@@ -175,7 +187,11 @@ class ConsumerRun:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
             [sys.executable, "-m", "consumer_app"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def kill9(self) -> None:
@@ -206,12 +222,23 @@ class ConsumerRun:
 
 
 def consumer_env(
-    *, dsn: str, redis_url: str, prefix: str, bootstrap: str, topic: str, jars: str,
-    checkpoint: Path, max_offsets: int,
+    *,
+    dsn: str,
+    redis_url: str,
+    prefix: str,
+    bootstrap: str,
+    topic: str,
+    jars: str,
+    checkpoint: Path,
+    max_offsets: int,
 ) -> dict[str, str]:
     params = psycopg.conninfo.conninfo_to_dict(dsn)
     redis_params = redis.connection.parse_url(redis_url)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "REDIS_", "KAFKA_", "SPARK_", "CONSUMER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("POSTGRES_", "REDIS_", "KAFKA_", "SPARK_", "CONSUMER_"))
+    }
     return env | {
         "POSTGRES_HOST": str(params.get("host", "127.0.0.1")),
         "POSTGRES_PORT": str(params.get("port", "5432")),
@@ -240,7 +267,9 @@ def ledger_batches(dsn: str) -> int:
         return int(conn.execute("select count(*) from staging.consumer_batches").fetchone()[0])  # type: ignore[index]
 
 
-def wait_for(condition: Callable[[], bool], run: ConsumerRun, timeout: float = RUN_TIMEOUT_S) -> None:
+def wait_for(
+    condition: Callable[[], bool], run: ConsumerRun, timeout: float = RUN_TIMEOUT_S
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -261,8 +290,14 @@ def trades() -> list[Trade]:
 
 @pytest.fixture
 def setup(
-    pg_dsn: str, redis_url: str, redis_prefix: str, kafka_bootstrap: str,
-    make_topic: Callable[..., str], spark_jars: str, trades: list[Trade], tmp_path: Path,
+    pg_dsn: str,
+    redis_url: str,
+    redis_prefix: str,
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    spark_jars: str,
+    trades: list[Trade],
+    tmp_path: Path,
 ) -> Iterator[Callable[..., ConsumerRun]]:
     """Factory: a topic holding the recording and a ConsumerRun wired to it."""
     runs: list[ConsumerRun] = []
@@ -271,8 +306,14 @@ def setup(
         topic = make_topic(6)
         produce(kafka_bootstrap, topic, trades)
         env = consumer_env(
-            dsn=dsn, redis_url=redis_url, prefix=redis_prefix, bootstrap=kafka_bootstrap,
-            topic=topic, jars=spark_jars, checkpoint=tmp_path / "checkpoint", max_offsets=max_offsets,
+            dsn=dsn,
+            redis_url=redis_url,
+            prefix=redis_prefix,
+            bootstrap=kafka_bootstrap,
+            topic=topic,
+            jars=spark_jars,
+            checkpoint=tmp_path / "checkpoint",
+            max_offsets=max_offsets,
         )
         run = ConsumerRun(env, tmp_path / "consumer.log")
         runs.append(run)
@@ -303,7 +344,9 @@ def test_recording_lands_exactly_once_with_exact_price_changes(
     assert list(redis_last(run, redis_url)) == ["TRXUSDT|trade"]
     stored_price, stored_time, stored_id = redis_last(run, redis_url)["TRXUSDT|trade"].split("|")
     assert (Decimal(stored_price), int(stored_time), int(stored_id)) == (
-        Decimal(newest.price), newest.trade_time_us, newest.trade_id
+        Decimal(newest.price),
+        newest.trade_time_us,
+        newest.trade_id,
     )
     status = orjson.loads((Path(run.env["SPARK_CHECKPOINT_DIR"]) / "status.json").read_bytes())
     assert status["state"] == "stopped"
@@ -340,7 +383,9 @@ def test_redis_flushed_mid_stream(
     wait_for(lambda: ledger_batches(pg_dsn) >= 4, run)
     client = redis.Redis.from_url(redis_url)
     # the consumer's keys are its whole Redis state; other sessions share this server
-    deleted = client.delete(run.env["CONSUMER_REDIS_PREFIX"], run.env["CONSUMER_REDIS_PREFIX"] + ":watermark")
+    deleted = client.delete(
+        run.env["CONSUMER_REDIS_PREFIX"], run.env["CONSUMER_REDIS_PREFIX"] + ":watermark"
+    )
     client.close()
     assert deleted == 2
     assert ledger_batches(pg_dsn) < 20
@@ -371,11 +416,22 @@ class PrivatePostgres:
             command = ["runuser", "-u", "postgres", "--", *command]
         done = subprocess.run(command, capture_output=True, timeout=120, check=False)  # noqa: S603
         if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.decode(errors='replace')}")
+            raise RuntimeError(
+                f"{' '.join(command)} failed: {done.stderr.decode(errors='replace')}"
+            )
 
     def start(self) -> None:
-        self._pg("pg_ctl", "-D", str(self.data_dir), "-l", str(self.data_dir / "server.log"),
-                 "-o", f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1", "-w", "start")
+        self._pg(
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.data_dir / "server.log"),
+            "-o",
+            f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1",
+            "-w",
+            "start",
+        )
 
     def stop(self) -> None:
         self._pg("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
@@ -401,7 +457,9 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     server._pg("initdb", "-D", str(data), "-U", "postgres", "--auth=trust")
     server.start()
     try:
-        with psycopg.connect(server.dsn.replace("dbname=crypto", "dbname=postgres"), autocommit=True) as conn:
+        with psycopg.connect(
+            server.dsn.replace("dbname=crypto", "dbname=postgres"), autocommit=True
+        ) as conn:
             conn.execute("create database crypto")
         with psycopg.connect(server.dsn, autocommit=True) as conn:
             conn.execute((ROOT / "init.sql").read_text())

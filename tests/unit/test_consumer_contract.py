@@ -60,7 +60,17 @@ def test_gap_fields_match_the_gap_record() -> None:
 
 def test_rows_follow_the_raw_prices_copy_order_of_the_contract() -> None:
     assert RAW_PRICES_COLUMNS == (
-        "symbol", "stream", "sequence_id", "event_time", "exchange_event_time", "price",
-        "quantity", "is_buyer_maker", "previous_price", "price_change", "price_change_pct",
-        "received_at", "source",
+        "symbol",
+        "stream",
+        "sequence_id",
+        "event_time",
+        "exchange_event_time",
+        "price",
+        "quantity",
+        "is_buyer_maker",
+        "previous_price",
+        "price_change",
+        "price_change_pct",
+        "received_at",
+        "source",
     )

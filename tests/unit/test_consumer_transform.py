@@ -166,10 +166,15 @@ def test_batch_of_only_late_events_flags_no_newer_state(spark: SparkSession) -> 
     state = {("TRXUSDT", "trade"): LastPrice(Decimal("0.2400"), BASE_US, 100)}
     batch = kafka_batch(
         spark,
-        [trade("TRXUSDT", 98, BASE_US - 20, "0.2100"), trade("TRXUSDT", 99, BASE_US - 10, "0.2200")],
+        [
+            trade("TRXUSDT", 98, BASE_US - 20, "0.2100"),
+            trade("TRXUSDT", 99, BASE_US - 10, "0.2200"),
+        ],
     )
     rows = transform_batch(batch, state).collect()
-    assert [(r.sequence_id, r.previous_price) for r in sorted(rows, key=lambda r: r.sequence_id)] == [
+    assert [
+        (r.sequence_id, r.previous_price) for r in sorted(rows, key=lambda r: r.sequence_id)
+    ] == [
         (98, Decimal("0.24")),
         (99, Decimal("0.24")),
     ]
@@ -203,7 +208,13 @@ def test_decimals_with_eighteen_fraction_digits_stay_exact(spark: SparkSession) 
     batch = kafka_batch(
         spark,
         [
-            trade("X", 1, BASE_US, "0.000000000000000001", quantity="12345678901234567890.123456789012345678"),
+            trade(
+                "X",
+                1,
+                BASE_US,
+                "0.000000000000000001",
+                quantity="12345678901234567890.123456789012345678",
+            ),
             trade("X", 2, BASE_US + 1, "0.000000000000000003"),
         ],
     )
@@ -216,9 +227,16 @@ def test_decimals_with_eighteen_fraction_digits_stay_exact(spark: SparkSession) 
 def test_ticker_uses_event_time_and_keys_apart_from_trades(spark: SparkSession) -> None:
     ticker = orjson.dumps(
         {
-            "symbol": "TRXUSDT", "stream": "miniTicker", "event_time_us": BASE_US, "trade_time_us": None,
-            "sequence_id": BASE_US // 1000, "price": "0.2390", "quantity": None, "is_buyer_maker": None,
-            "received_at_us": BASE_US + 10, "source": "ws",
+            "symbol": "TRXUSDT",
+            "stream": "miniTicker",
+            "event_time_us": BASE_US,
+            "trade_time_us": None,
+            "sequence_id": BASE_US // 1000,
+            "price": "0.2390",
+            "quantity": None,
+            "is_buyer_maker": None,
+            "received_at_us": BASE_US + 10,
+            "source": "ws",
         }
     )
     state = {("TRXUSDT", "trade"): LastPrice(Decimal("0.1"), BASE_US - 1, 1)}
@@ -248,10 +266,16 @@ def test_records_that_are_not_events_are_dropped(spark: SparkSession) -> None:
 def test_row_times_are_utc_microseconds(spark: SparkSession) -> None:
     import datetime as dt
 
-    row = transform_batch(kafka_batch(spark, [trade("TRXUSDT", 1, BASE_US, "0.2312")]), {}).collect()[0]
+    row = transform_batch(
+        kafka_batch(spark, [trade("TRXUSDT", 1, BASE_US, "0.2312")]), {}
+    ).collect()[0]
     utc = dt.UTC
-    assert row.event_time.replace(tzinfo=utc) == dt.datetime(2025, 3, 4, 0, 0, 1, 271497, tzinfo=utc)
-    assert row.exchange_event_time.replace(tzinfo=utc) == dt.datetime(2025, 3, 4, 0, 0, 1, 271797, tzinfo=utc)
+    assert row.event_time.replace(tzinfo=utc) == dt.datetime(
+        2025, 3, 4, 0, 0, 1, 271497, tzinfo=utc
+    )
+    assert row.exchange_event_time.replace(tzinfo=utc) == dt.datetime(
+        2025, 3, 4, 0, 0, 1, 271797, tzinfo=utc
+    )
 
 
 def test_prices_beyond_the_percentage_range_keep_an_exact_change_and_null_pct(
