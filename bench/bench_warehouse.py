@@ -163,7 +163,13 @@ def generate(conn: psycopg.Connection, target: str, day: date, rows: int) -> Non
 
 
 def run(  # noqa: PLR0915 - one linear script
-    admin_dsn: str, db_name: str, rows: int, retention_rows: int, delete_days: int, keep: bool
+    admin_dsn: str,
+    db_name: str,
+    rows: int,
+    retention_rows: int,
+    delete_days: int,
+    runs: int,
+    keep: bool,
 ) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         admin.execute(
@@ -199,10 +205,10 @@ def run(  # noqa: PLR0915 - one linear script
                     "from staging.raw_prices"
                 )
             conn.execute("vacuum analyze bench_original.raw_prices")
-            for attempt in (1, 2, 3):
+            for attempt in range(1, runs + 1):
                 with timed(f"new: call analytics.get_daily_summary(today) #{attempt}", results):
                     conn.execute("call analytics.get_daily_summary(%s)", (today,))
-            for attempt in (1, 2, 3):
+            for attempt in range(1, runs + 1):
                 with timed(
                     f"original: call bench_original.get_daily_summary() #{attempt}", results
                 ):
@@ -287,11 +293,20 @@ def main() -> None:
     parser.add_argument(
         "--delete-days", type=int, default=2, help="days in the DELETE comparison table"
     )
+    parser.add_argument("--runs", type=int, default=3, help="summary calls of each procedure")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args()
     if args.delete_days < 2:
         parser.error("--delete-days must be >= 2 (the oldest day is deleted, the others stay)")
-    run(args.admin_dsn, args.database, args.rows, args.retention_rows, args.delete_days, args.keep)
+    run(
+        args.admin_dsn,
+        args.database,
+        args.rows,
+        args.retention_rows,
+        args.delete_days,
+        args.runs,
+        args.keep,
+    )
 
 
 if __name__ == "__main__":
