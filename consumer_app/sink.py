@@ -22,11 +22,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 import psycopg
 import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 from psycopg import sql
 
 from consumer_app.errors import ServiceUnavailableError, SinkError
@@ -70,6 +72,27 @@ class WriteResult:
     merged: bool
 
 
+def _decimal_or_none(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
+
+
+def decimals_from_arrow(column: pa.ChunkedArray) -> list[Decimal | None]:
+    """Arrow decimal128 -> Decimal objects, trailing fraction zeros dropped.
+
+    Going through Arrow's own decimal -> string cast and Decimal(str) is ~2.5x faster
+    than to_pylist(), and trimming stores 0.2312, not 0.231200000000000000 (same value,
+    shorter NUMERIC, and the scale Binance's text had minus its padding).
+    """
+    text = column.cast(pa.string())
+    trimmed = pc.utf8_rtrim(pc.utf8_rtrim(text, characters="0"), characters=".")
+    # Arrow writes tiny values in exponent form ("1.50E-10"): trimming those would change
+    # the exponent's digits, so they stay as they are (Decimal reads them exactly).
+    text = pc.if_else(pc.match_substring(text, "E"), text, trimmed)
+    if column.null_count == 0:
+        return list(map(Decimal, text.to_pylist()))
+    return list(map(_decimal_or_none, text.to_pylist()))
+
+
 def arrow_columns_to_python(table: pa.Table) -> list[list[Any]]:
     """Arrow columns -> Python value lists in COPY order, the fast way per type."""
     columns: list[list[Any]] = []
@@ -79,6 +102,8 @@ def arrow_columns_to_python(table: pa.Table) -> list[list[Any]]:
             # timestamp columns are never null here (parse_events filters them)
             values = column.cast(pa.timestamp("us")).to_numpy().astype(object)
             columns.append(list(values))
+        elif pa.types.is_decimal(column.type):
+            columns.append(decimals_from_arrow(column))
         elif pa.types.is_integer(column.type) and column.null_count == 0:
             columns.append(column.to_numpy().tolist())
         else:
