@@ -475,9 +475,25 @@ def main() -> None:
             results["original"] = run_original(settings, workdir, topic, args)
     finally:
         delete_topic(settings, topic)
+    print_summary(results)
     print(json.dumps(results, indent=2, default=str))
     (workdir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     shutil.rmtree(workdir / "ckpt-optimistic", ignore_errors=True)
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    """The headline figures and their ratios."""
+    limit = results.get("limit_eps")
+    fast = results.get("consumer", {}).get("sustained_eps")
+    merge = results.get("consumer_merge", {}).get("sustained_eps")
+    original = results.get("original", {}).get("backlog", {}).get("eps_wall_after_start")
+    print(f"summary on {results['machine']}")
+    if limit and fast:
+        print(f"  consumer / COPY limit       = {fast / limit:.2f}")
+    if fast and merge:
+        print(f"  merge mode / optimistic     = {merge / fast:.2f}")
+    if fast and original:
+        print(f"  consumer / original design  = {fast / original:.1f}x")
 
 
 # ----------------------------------------------------------------------------- (c) the original
