@@ -34,8 +34,9 @@ random_secret() { head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -
 sync_dotenv() {
     # .env is created from .env.example; later .env.example keys are appended to an existing .env
     # (the user's values stay). Placeholder secrets ("change-me...") become random local ones.
-    local example="$ROOT/.env.example" dotenv="$ROOT/.env"
+    local example="$ROOT/.env.example" dotenv="$ROOT/.env" created=0
     if [[ ! -f "$dotenv" ]]; then
+        created=1
         if [[ -f "$example" ]]; then
             log "creating .env from .env.example (placeholder secrets replaced by random ones)"
         else
@@ -53,7 +54,7 @@ sync_dotenv() {
         printf '%s=%s\n' "$key" "$value" >>"$dotenv"
         added=$((added + 1))
     done <"$example"
-    ((added == 0)) || log "added $added setting(s) from .env.example to .env"
+    ((added == 0 || created)) || log "added $added setting(s) from .env.example to .env"
 }
 
 load_env() {
