@@ -117,29 +117,31 @@ check_disk() {
     fi
 }
 
+APT_GET=(apt-get -y -qq --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+
 apt_install() {
     # Installs Debian packages without letting their maintainer scripts start services on our ports.
     is_root || die "missing Debian packages: $*; install them with: sudo apt-get install -y $*"
     log "apt-get install $*"
-    mkdir -p /etc/postgresql-common
-    # Debian's postgresql package would otherwise create and start a 'main' cluster on 5432.
-    [[ -f /etc/postgresql-common/createcluster.conf ]] || echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
-    local policy=/usr/sbin/policy-rc.d created_policy=0
+    mkdir -p "$LOGS" /usr/share/man/man1  # slim images lack man1; openjdk's postinst needs it
+    local policy=/usr/sbin/policy-rc.d created_policy=0 rc=0
     if [[ ! -e "$policy" ]]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; created_policy=1
     fi
-    local rc=0
-    if ! find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' | grep -q .; then
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq || rc=$?
-    fi
-    if ((rc == 0)); then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >"$LOGS/apt.log" 2>&1 || {
-            DEBIAN_FRONTEND=noninteractive apt-get update -qq >>"$LOGS/apt.log" 2>&1 &&
-                DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >>"$LOGS/apt.log" 2>&1
-        } || rc=$?
-    fi
+    {
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq &&
+            if [[ " $* " == *" postgresql-15 "* ]]; then
+                # Debian's postgresql would create and start a 'main' cluster on 5432: install
+                # postgresql-common first and switch that off (as the official postgres image does).
+                "${APT_GET[@]}" install postgresql-common &&
+                    sed -ri 's/^#?\s*(create_main_cluster)\s*=.*$/\1 = false/' /etc/postgresql-common/createcluster.conf &&
+                    { grep -q '^create_main_cluster' /etc/postgresql-common/createcluster.conf || echo 'create_main_cluster = false' >>/etc/postgresql-common/createcluster.conf; }
+            fi &&
+            "${APT_GET[@]}" install "$@"
+    } >"$LOGS/apt.log" 2>&1 || rc=$?
     ((created_policy)) && rm -f "$policy"
-    ((rc == 0)) || die "apt-get could not install $* (registry unreachable?); see $LOGS/apt.log, check the network/apt proxy and rerun"
+    ((rc == 0)) || die "apt-get could not install $* (Debian mirror unreachable?); see $LOGS/apt.log, check the network/apt proxy and rerun"
 }
 
 ensure_java() {
@@ -162,17 +164,32 @@ ensure_system_packages() {
     ensure_java
 }
 
+UV_VERSION=0.13.8
+
+ensure_uv() { # sets UV; uv lives in its own small venv (Debian's python3 refuses pip installs, PEP 668)
+    UV="$(command -v uv || true)"
+    [[ -n "$UV" && "$("$UV" --version 2>/dev/null | awk '{print $2}')" == "$UV_VERSION" ]] && return 0
+    UV="$LOCAL/tools/bin/uv"
+    [[ -x "$UV" ]] && return 0
+    if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then apt_install python3-venv; fi
+    python3 -m venv "$LOCAL/tools" >"$LOGS/pip.log" 2>&1 &&
+        "$LOCAL/tools/bin/pip" install -q "uv==$UV_VERSION" >>"$LOGS/pip.log" 2>&1 ||
+        die "could not install uv $UV_VERSION from PyPI (registry unreachable?); see $LOGS/pip.log"
+}
+
 ensure_venv() {
-    if [[ -x "$PY" ]] && "$PY" -c 'import confluent_kafka, psycopg, redis' 2>/dev/null; then return 0; fi
-    log "creating .venv from requirements/requirements.lock"
-    if ! command -v uv >/dev/null 2>&1; then
-        python3 -m pip install -q "uv==0.13.8" >"$LOGS/pip.log" 2>&1 ||
-            die "could not install uv from PyPI (registry unreachable?); see $LOGS/pip.log"
+    # find_spec, not import: importing airflow and pyspark would cost seconds on every start.
+    if [[ -x "$PY" ]] && "$PY" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("confluent_kafka", "psycopg", "redis", "pyspark", "airflow")))' 2>/dev/null; then
+        return 0
     fi
-    [[ -x "$PY" ]] || uv venv -q --python python3.11 "$VENV" >"$LOGS/pip.log" 2>&1 ||
-        die "could not create $VENV with python3.11; install python3.11 (apt-get install -y python3.11-venv); see $LOGS/pip.log"
-    uv pip install -q --python "$PY" -r "$ROOT/requirements/requirements.lock" >>"$LOGS/pip.log" 2>&1 ||
-        die "could not install Python packages from PyPI (registry unreachable?); see $LOGS/pip.log"
+    log "installing .venv from requirements/requirements.lock"
+    mkdir -p "$LOGS"
+    ensure_uv
+    command -v python3.11 >/dev/null 2>&1 || apt_install python3.11
+    [[ -x "$PY" ]] || "$UV" venv -q --python python3.11 "$VENV" >"$LOGS/pip.log" 2>&1 ||
+        die "could not create $VENV with python3.11; see $LOGS/pip.log"
+    "$UV" pip install -q --python "$PY" -r "$ROOT/requirements/requirements.lock" >>"$LOGS/pip.log" 2>&1 ||
+        die "could not install the Python packages from PyPI (registry unreachable?); see $LOGS/pip.log"
 }
 
 ensure_jars() {
