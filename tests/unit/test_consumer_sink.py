@@ -6,7 +6,7 @@ import datetime as dt
 from decimal import Decimal
 
 import numpy as np
-import pyarrow as pa
+import pyarrow as pa  # type: ignore[import-untyped]
 import pytest
 
 from consumer_app.sink import batch_days, contiguous_ranges, decimals_from_arrow
