@@ -112,6 +112,11 @@ create table if not exists analytics.daily_summary_dw (
     primary key (event_date, symbol)
 );
 
+-- databases created from the first skeleton of this file lack candle_source
+alter table analytics.daily_summary_dw
+    add column if not exists candle_source text not null default 'trade'
+    check (candle_source in ('trade', 'miniTicker'));
+
 comment on table analytics.daily_summary_dw is
     'One daily candle per (UTC day, symbol), upserted by CALL analytics.get_daily_summary(day).';
 comment on column analytics.daily_summary_dw.candle_source is
