@@ -193,14 +193,32 @@ def _fetch(query: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         connection.close()
 
 
+def run_days(
+    data_interval_start: datetime | None,
+    data_interval_end: datetime | None,
+    run_after: datetime,
+) -> tuple[date, date]:
+    """(UTC day to summarise, UTC date of the data-interval end) of a run.
+
+    Airflow 3 lets a user trigger a run from the UI without a logical date; such a run has no
+    data interval, so it summarises the UTC day before it was triggered (`run_after`, fixed
+    for the run, so a re-run picks the same day), like the procedure's own default.
+    """
+    if data_interval_start is None or data_interval_end is None:
+        end_day = pendulum.instance(run_after).in_timezone("UTC").date()
+        return end_day - timedelta(days=1), end_day
+    end_day = pendulum.instance(data_interval_end).in_timezone("UTC").date()
+    return summary_day(data_interval_start), end_day
+
+
 def _run_days() -> tuple[date, date]:
-    """(UTC day to summarise, UTC date of the data-interval end) of the running task."""
+    """run_days() of the running task."""
     context = get_current_context()
-    start = context["data_interval_start"]
-    end = context["data_interval_end"]
-    if start is None or end is None:
-        raise WarehouseDagError("the run has no data interval; trigger it with a logical date")
-    return summary_day(start), pendulum.instance(end).in_timezone("UTC").date()
+    return run_days(
+        context.get("data_interval_start"),
+        context.get("data_interval_end"),
+        context["dag_run"].run_after,
+    )
 
 
 @dag(

@@ -105,6 +105,25 @@ def test_summary_day_is_the_utc_date_even_for_a_non_utc_datetime(dag_module: Mod
     assert dag_module.summary_day(tokyo_morning) == date(2024, 3, 9)
 
 
+def test_a_ui_trigger_without_logical_date_summarises_the_utc_day_before_it(
+    dag_module: ModuleType,
+) -> None:
+    # Airflow 3's "Trigger" button may create a run with no logical date and no data interval.
+    triggered = datetime(2026, 11, 24, 23, 30, tzinfo=UTC)
+    assert dag_module.run_days(None, None, triggered) == (date(2026, 11, 23), date(2026, 11, 24))
+    # Just after midnight in Tokyo is still the previous UTC day.
+    import pendulum
+
+    tokyo = pendulum.datetime(2026, 11, 25, 8, 0, tz="Asia/Tokyo")  # 2026-11-24 23:00 UTC
+    assert dag_module.run_days(None, None, tokyo) == (date(2026, 11, 23), date(2026, 11, 24))
+    # With a data interval, the interval decides and run_after is ignored.
+    start = datetime(2020, 1, 1, 0, 15, tzinfo=UTC)
+    assert dag_module.run_days(start, start + timedelta(days=1), triggered) == (
+        date(2020, 1, 1),
+        date(2020, 1, 2),
+    )
+
+
 def _candle(module: ModuleType, symbol: str, o: str, h: str, low: str, c: str, v: str) -> Any:
     return module.Candle(symbol, Decimal(o), Decimal(h), Decimal(low), Decimal(c), Decimal(v), 3)
 
