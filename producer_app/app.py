@@ -235,7 +235,9 @@ class Producer:
         if self.settings.producer_resume_from_kafka:
             await self.resume()
         try:
-            self.metrics.serve(self.settings.producer_metrics_port)
+            self.metrics.serve(
+                self.settings.producer_metrics_port, self.settings.producer_metrics_host
+            )
         except OSError as err:
             log.error(
                 "metrics endpoint on port %s unavailable: %s",

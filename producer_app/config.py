@@ -50,6 +50,8 @@ class ProducerSettings(BaseSettings):
 
     # --- producer knobs ------------------------------------------------------------------
     producer_metrics_port: int = Field(default=9108, ge=0, le=65535)
+    #: Address the metrics endpoint binds to: loopback unless asked (compose sets 0.0.0.0).
+    producer_metrics_host: str = "127.0.0.1"
     #: "MICROSECOND" appends timeUnit=MICROSECOND to the stream URL (and asks REST for µs).
     producer_time_unit: Literal["MICROSECOND", "MILLISECOND"] = "MICROSECOND"
     #: Open a replacement connection after this long (Binance closes at 24 h).

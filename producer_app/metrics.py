@@ -89,7 +89,7 @@ class ProducerMetrics:
             registry=r,
         )
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - a scrape endpoint
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Start the /metrics HTTP endpoint in a daemon thread (port 0: metrics not served)."""
         if port == 0:
             log.info("metrics endpoint disabled (port 0)")
