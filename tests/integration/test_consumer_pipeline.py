@@ -486,3 +486,60 @@ def test_postgres_restarted_mid_stream(
     wait_for(lambda: ledger_batches(dsn) >= 20, run)
     run.kill9()
     assert_table_equals_recording(dsn, trades)
+
+
+def test_gap_events_land_once_in_feed_gaps(
+    setup: Callable[..., ConsumerRun],
+    pg_dsn: str,
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+) -> None:
+    run = setup(max_offsets=10_000)
+    gaps_topic = make_topic(1)
+    first_report = {
+        "symbol": "TRXUSDT",
+        "stream": "trade",
+        "first_missing_id": 348656900,
+        "last_missing_id": 348656904,
+        "window_start_us": 1_741_046_500_000_000,
+        "window_end_us": 1_741_046_501_000_000,
+        "filled_count": 0,
+        "unfilled_count": 5,
+        "status": "unfilled",
+        "reason": "REST fill failed",
+        "detected_at_us": 1_741_046_502_000_000,
+    }
+    later_report = first_report | {
+        "filled_count": 5,
+        "unfilled_count": 0,
+        "status": "filled",
+        "reason": "filled from REST",
+        "detected_at_us": 1_741_046_503_000_000,
+    }
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    # the same gap reported twice, then its later (filled) report, then the stale one again
+    for report in (first_report, first_report, later_report, first_report):
+        producer.produce(gaps_topic, key=b"TRXUSDT", value=orjson.dumps(report))
+    assert producer.flush(30) == 0
+    run.env["KAFKA_TOPIC_GAPS"] = gaps_topic
+    run.run_to_end()
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute(
+            "select symbol, stream, first_missing_id, last_missing_id, window_start, window_end,"
+            " filled_count, unfilled_count, status, reason, detected_at from staging.feed_gaps"
+        ).fetchall()
+    assert rows == [
+        (
+            "TRXUSDT",
+            "trade",
+            348656900,
+            348656904,
+            _utc(1_741_046_500_000_000),
+            _utc(1_741_046_501_000_000),
+            5,
+            0,
+            "filled",
+            "filled from REST",
+            _utc(1_741_046_503_000_000),
+        )
+    ]
