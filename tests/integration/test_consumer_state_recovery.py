@@ -32,7 +32,7 @@ def test_recovery_returns_the_newest_row_of_each_symbol_and_stream(pg_dsn: str) 
     rows.append(("BTCUSDT", "miniTicker", 1577923199000, base, Decimal("7200.85")))
     random.Random(7).shuffle(rows)  # noqa: S311 - arrival order must not matter
 
-    expected = {}
+    expected: dict[tuple[str, str], tuple[datetime, int, Decimal]] = {}
     for symbol, stream, sequence_id, event_time, price in rows:
         best = expected.get((symbol, stream))
         if best is None or (event_time, sequence_id) > (best[0], best[1]):
