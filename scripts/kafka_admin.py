@@ -64,7 +64,10 @@ def ensure_topics(specs: list[str]) -> None:
 
 
 def delete_topics(names: list[str]) -> None:
-    for name, future in admin().delete_topics(names, operation_timeout=30).items():
+    # Keep the client referenced until every future resolved: a client collected early
+    # fails its pending requests with _DESTROY ("handle destroyed").
+    client = admin()
+    for name, future in client.delete_topics(names, operation_timeout=30).items():
         try:
             future.result()
         except KafkaException as err:
