@@ -27,7 +27,6 @@ import asyncio
 import gzip
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -44,26 +43,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import describe_machine  # noqa: E402
 from producer_app.app import Producer as PipelineProducer  # noqa: E402
 from producer_app.config import ProducerSettings, load_settings  # noqa: E402
 from producer_app.metrics import ProducerMetrics  # noqa: E402
 from producer_app.sink import KafkaSink  # noqa: E402
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores, "
-        f"{mem_gb:.0f} GB, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}"
-    )
 
 
 def load_frames(path: Path, limit: int) -> list[bytes]:
@@ -270,7 +254,7 @@ def main() -> int:
         print(f"Kafka not reachable at {base.kafka_bootstrap_servers}: {err}; run `make services`")
         return 2
     frames = load_frames(args.recording, args.frames)
-    print(f"machine: {machine()}")
+    print(f"machine: {describe_machine()}")
     print(f"frames:  {len(frames)} from {args.recording}; broker {base.kafka_bootstrap_servers}")
     created: list[str] = []
     results = []

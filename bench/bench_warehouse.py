@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +29,9 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.machine import describe_machine  # noqa: E402
 
 logger = logging.getLogger("bench_warehouse")
 
@@ -124,15 +127,6 @@ def timed(label: str, results: dict[str, float]) -> Iterator[None]:
 
 
 def machine(conn: psycopg.Connection) -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     settings = {
         name: conn.execute(sql.SQL("show {}").format(sql.Identifier(name))).fetchone()[0]  # type: ignore[index]
         for name in (
@@ -143,7 +137,7 @@ def machine(conn: psycopg.Connection) -> str:
         )
     }
     return (
-        f"{os.cpu_count()} cores ({cpu}), {mem_gb:.0f} GB RAM, {platform.platform()}; "
+        f"{describe_machine()}; "
         f"PostgreSQL {settings['server_version']}, shared_buffers={settings['shared_buffers']}, "
         f"work_mem={settings['work_mem']}, "
         f"max_parallel_workers_per_gather={settings['max_parallel_workers_per_gather']}"
