@@ -16,6 +16,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -30,6 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / ".local"
 INIT_SQL = ROOT / "init.sql"
 TEST_DB_PREFIX = "pytest_"
+
+# py4j logs "Closing down clientserver connection" from a finalizer at interpreter exit,
+# after pytest closed its capture streams: a traceback under the test summary, nothing else.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 DEFAULTS: dict[str, str] = {
     "POSTGRES_HOST": "127.0.0.1",
