@@ -724,9 +724,29 @@ cmd_status() {
     else
         echo "  Kafka down: no lag"
     fi
+    echo "consumer (status file the job rewrites after every micro-batch):"
+    consumer_status
     echo "warehouse ($POSTGRES_DB):"
     live_counts
     redis_last_prices
+}
+
+consumer_status() {
+    local file="${CONSUMER_STATUS_FILE:-}"
+    [[ -n "$file" ]] || file="$(cd "$ROOT" && realpath -m "$SPARK_CHECKPOINT_DIR")/status.json"
+    if [[ ! -f "$file" ]]; then echo "  no status yet ($file)"; return 0; fi
+    app_running consumer || echo "  the consumer is not running; its last status was:"
+    "$PY" - "$file" <<'PYEOF' || echo "  unreadable: $file"
+import json, sys, time
+status = json.load(open(sys.argv[1]))
+age = time.time() - status.get("updated_at", 0)
+print(f"  state {status.get('state')} (updated {age:.0f}s ago), last batch {status.get('last_batch_id')}"
+      f" {status.get('last_batch_outcome')}: {status.get('last_batch_rows')} rows in"
+      f" {status.get('last_batch_duration_s')}s; rows since start {status.get('rows_total')}")
+p50, p99 = status.get("latency_p50_s"), status.get("latency_p99_s")
+if p50 is not None:
+    print(f"  event-to-commit latency p50 {p50:.3f}s p99 {p99:.3f}s (recent batches)")
+PYEOF
 }
 
 # ----------------------------------------------------------------------------- verbs
