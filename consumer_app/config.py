@@ -57,8 +57,12 @@ class ConsumerSettings(BaseSettings):
     redis_db: int = Field(default=0, validation_alias="REDIS_DB")
 
     # consumer's own knobs
-    consumer_metrics_port: int = Field(default=9109, validation_alias="CONSUMER_METRICS_PORT")
     # 0 disables the metrics HTTP server (tests run several jobs in one process).
+    consumer_metrics_port: int = Field(default=9109, validation_alias="CONSUMER_METRICS_PORT")
+    # Loopback unless asked: compose sets 0.0.0.0 inside the container.
+    consumer_metrics_host: str = Field(
+        default="127.0.0.1", validation_alias="CONSUMER_METRICS_HOST"
+    )
     consumer_redis_prefix: str = Field(
         default="consumer:last_price", validation_alias="CONSUMER_REDIS_PREFIX"
     )

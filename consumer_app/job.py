@@ -379,7 +379,7 @@ class ConsumerJob:
 
     def run(self) -> None:
         """Start the queries and wait for them; raise the first query failure."""
-        self.metrics.serve(self.settings.consumer_metrics_port)
+        self.metrics.serve(self.settings.consumer_metrics_port, self.settings.consumer_metrics_host)
         self.start()
         try:
             logged_batch = -1

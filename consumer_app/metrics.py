@@ -140,10 +140,10 @@ class ConsumerMetrics:
         self.registry.register(self.latency)
         self._status: dict[str, Any] = {"state": "starting", "pid": os.getpid()}
 
-    def serve(self, port: int) -> None:
-        """Start the HTTP endpoint (0 = don't)."""
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Start the HTTP endpoint on host:port (port 0 = don't)."""
         if port:
-            start_http_server(port, registry=self.registry)
+            start_http_server(port, addr=host, registry=self.registry)
 
     def record_batch(
         self,
