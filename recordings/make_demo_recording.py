@@ -1,8 +1,8 @@
 """Build the bundled replay recordings from real Binance data.
 
 Reads Binance's official 1-minute klines (BTCUSDT, 2020-01-01) and a real capture of
-``trxusdt@trade`` messages (2025-03-04), both under ``/work/shared/data/binance/`` (copies
-with origin notes: ``tests/fixtures/``), and writes JSON Lines recordings (gzip) of
+``trxusdt@trade`` messages (2025-03-04), both from the shared Binance data set (byte copies
+with origin notes in ``tests/fixtures/``, which this script reads), and writes JSON Lines recordings (gzip) of
 combined-stream trade frames ``{"stream": ..., "data": {"e": "trade", ...}}`` that the
 replay server (``producer_app.replay_server``) sends exactly as Binance would.
 
@@ -40,11 +40,10 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-SHARED_DATA = Path("/work/shared/data/binance")
 FIXTURES = HERE.parent / "tests" / "fixtures"
 
 DEFAULT_KLINES = FIXTURES / "BTCUSDT-1m-2020-01-01.zip"
-DEFAULT_TRADES_CSV = SHARED_DATA / "trxusdt-trade-2025-03-04.csv"
+DEFAULT_TRADES_CSV = FIXTURES / "trxusdt-trade-2025-03-04.csv"  # byte copy of the shared capture
 DEFAULT_BTC_OUT = HERE / "btcusdt-trade-2020-01-01.jsonl.gz"
 DEFAULT_TRX_OUT = HERE / "trxusdt-trade-2025-03-04.jsonl.gz"
 

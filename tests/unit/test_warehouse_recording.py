@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 BTC_RECORDING = ROOT / "recordings" / "btcusdt-trade-2020-01-01.jsonl.gz"
 TRX_RECORDING = ROOT / "recordings" / "trxusdt-trade-2025-03-04.jsonl.gz"
-TRX_CSV = Path("/work/shared/data/binance/trxusdt-trade-2025-03-04.csv")
+TRX_CSV = FIXTURES / "trxusdt-trade-2025-03-04.csv"  # copy of the shared real capture
 
 # Binance's own daily candle for BTCUSDT spot on 2020-01-01.
 BINANCE_DAY = {
