@@ -1,8 +1,9 @@
 """Build the bundled replay recordings from real Binance data.
 
 Reads Binance's official 1-minute klines (BTCUSDT, 2020-01-01) and a real capture of
-``trxusdt@trade`` messages (2025-03-04), both from the shared Binance data set (byte copies
-with origin notes in ``tests/fixtures/``, which this script reads), and writes JSON Lines recordings (gzip) of
+``trxusdt@trade`` messages (2025-03-04), both from the shared Binance data set (byte
+copies with origin notes in ``tests/fixtures/``, which this script reads), and writes
+JSON Lines recordings (gzip) of
 combined-stream trade frames ``{"stream": ..., "data": {"e": "trade", ...}}`` that the
 replay server (``producer_app.replay_server``) sends exactly as Binance would.
 
