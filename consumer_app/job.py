@@ -60,7 +60,7 @@ def build_spark(settings: ConsumerSettings) -> SparkSession:
         # reference into its own pruned from_json: the JSON was parsed ~10 times per record.
         # Off, the filter and the projection share one full schema (profiled on a 200k-event
         # batch: parse 3.7-6.1 s -> 2.2-3.4 s, whole transform + toArrow 8.6-10.6 s -> 4.7 s
-        # under the same load; docs/benchmarks/consumer.md).
+        # under the same load; docs/benchmarks.md, consumer).
         .config("spark.sql.optimizer.enableJsonExpressionOptimization", "false")
     )
     if settings.spark_jars:

@@ -12,7 +12,7 @@ under a new query id: the first COPY then hits the unique key
 (symbol, stream, sequence_id, event_time), the transaction rolls back to a savepoint
 taken after the ledger insert, and the rows go through a temp table with
 INSERT ... ON CONFLICT DO NOTHING. The direct COPY is the fast path (bench figures
-in docs/benchmarks/consumer.md); the merge path costs more but only runs on replays.
+in docs/benchmarks.md, consumer); the merge path costs more but only runs on replays.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ class Producer:
         """Build the per-frame handler as a closure over its collaborators.
 
         Local names instead of attribute lookups, and the Kafka ``produce`` called directly,
-        save ~1 µs a frame (docs/benchmarks/producer.md); the logic is the plain sequence
+        save ~1 µs a frame (docs/benchmarks.md, producer); the logic is the plain sequence
         parse -> dedup -> produce, with dead letters and control messages off the fast path.
         """
         parse = parse_frame

@@ -79,8 +79,8 @@ class ProducerSettings(BaseSettings):
     producer_rest_retries: int = Field(default=3, ge=0)
     #: Pending (possibly missing) id ranges kept per symbol before the oldest is given up.
     producer_max_pending_ranges: int = Field(default=1000, ge=1)
-    #: Kafka producer tuning (measured in docs/benchmarks/producer.md).
-    #: zstd: ~4% more process CPU than lz4, 40% fewer bytes (docs/benchmarks/producer.md).
+    #: Kafka producer tuning (measured in docs/benchmarks.md, producer).
+    #: zstd: ~4% more process CPU than lz4, 40% fewer bytes (docs/benchmarks.md, producer).
     producer_compression: Literal["none", "lz4", "zstd", "snappy", "gzip"] = "zstd"
     producer_linger_ms: int = Field(default=20, ge=0)
     producer_batch_bytes: int = Field(default=1_048_576, ge=1024)
