@@ -20,7 +20,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -40,7 +39,9 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import describe_machine  # noqa: E402
 from consumer_app.config import ConsumerSettings  # noqa: E402
+from consumer_app.schema import RAW_PRICES_COLUMNS, RAW_PRICES_PG_TYPES  # noqa: E402
 
 WARMUP_S = 30
 SYMBOLS = [f"SYM{i:02d}USDT" for i in range(12)]
@@ -49,14 +50,6 @@ PRICES = [
     line.split(",")[7]
     for line in (ROOT / "tests/fixtures/trxusdt-trade-2025-03-04.csv").read_text().splitlines()[1:]
 ]
-
-
-def machine() -> str:
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{os.cpu_count()} cores, {mem_gb:.0f} GB, {platform.platform()}, "
-        f"Python {platform.python_version()}"
-    )
 
 
 def event(i: int, received_at_us: int | None = None) -> bytes:
@@ -196,30 +189,14 @@ def copy_limit(dsn: str, count: int) -> float:
                 "ws",
             )
         )
-    types = [
-        "text",
-        "text",
-        "int8",
-        "timestamptz",
-        "timestamptz",
-        "numeric",
-        "numeric",
-        "bool",
-        "numeric",
-        "numeric",
-        "numeric",
-        "timestamptz",
-        "text",
-    ]
     with psycopg.connect(dsn) as conn:
         started = time.monotonic()
         with conn.cursor().copy(
-            "copy staging.raw_prices (symbol, stream, sequence_id, event_time,"
-            " exchange_event_time, price, quantity, is_buyer_maker, previous_price,"
-            " price_change, price_change_pct, received_at, source)"
-            " from stdin (format binary)"
+            sql.SQL("copy staging.raw_prices ({}) from stdin (format binary)").format(
+                sql.SQL(", ").join(sql.Identifier(c) for c in RAW_PRICES_COLUMNS)
+            )
         ) as copy:
-            copy.set_types(types)
+            copy.set_types(list(RAW_PRICES_PG_TYPES))
             for row in rows:
                 copy.write_row(row)
         conn.commit()
@@ -411,7 +388,7 @@ def main() -> None:
     settings = ConsumerSettings()
     workdir = Path(tempfile.mkdtemp(prefix="bench_consumer_"))
     results: dict[str, Any] = {
-        "machine": machine(),
+        "machine": describe_machine(),
         "events": args.events,
         "date": dt.datetime.now(dt.UTC).isoformat(),
     }

@@ -31,9 +31,7 @@ import csv
 import gzip
 import io
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe_machine  # noqa: E402
+from bench.replay import start_replay_server  # noqa: E402
 
 RECORDING = ROOT / "recordings" / "btcusdt-trade-2020-01-01.jsonl.gz"
 STREAM_PATH = "/stream?streams=btcusdt@trade"
@@ -68,43 +67,6 @@ class BenchError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- WebSocket
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def start_replay_server(recording: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A fresh replay server at --speed max; returns once it listens (its first stdout line)."""
-    port = free_port()
-    server = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
-        [
-            sys.executable,
-            "-m",
-            "producer_app.replay_server",
-            "--recording",
-            str(recording),
-            "--speed",
-            "max",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--exit-at-end",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    assert server.stdout is not None  # noqa: S101 - Popen(stdout=PIPE) always sets it
-    line = server.stdout.readline()
-    if not line.startswith(b"replay server on"):
-        server.kill()
-        server.wait(10)
-        raise BenchError(f"replay server did not start: {line!r}")
-    return server, f"ws://127.0.0.1:{port}{STREAM_PATH}"
 
 
 def receive_websockets(url: str) -> int:
@@ -144,7 +106,8 @@ def bench_ws(
     cpu_us: list[float] = []
     counts: list[int] = []
     for _ in range(runs):
-        server, url = start_replay_server(recording)
+        server, port = start_replay_server(recording)
+        url = f"ws://127.0.0.1:{port}{STREAM_PATH}"
         try:
             wall0, cpu0 = time.perf_counter(), time.process_time()
             frames = receive(url)

@@ -28,7 +28,6 @@ import gzip
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 import uuid
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe_machine  # noqa: E402
+from bench.replay import start_replay_server  # noqa: E402
 from producer_app.app import Producer as PipelineProducer  # noqa: E402
 from producer_app.config import ProducerSettings, load_settings  # noqa: E402
 from producer_app.metrics import ProducerMetrics  # noqa: E402
@@ -185,30 +185,8 @@ def bench_original(bootstrap: str, topic: str, frames: list[bytes]) -> dict[str,
 
 def bench_end_to_end(settings: ProducerSettings, recording: Path) -> dict[str, Any]:
     """Replay server in its own process; this process runs producer_app on the socket."""
-    port_probe = __import__("socket").socket()
-    port_probe.bind(("127.0.0.1", 0))
-    port = port_probe.getsockname()[1]
-    port_probe.close()
-    server = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
-        [
-            sys.executable,
-            "-m",
-            "producer_app.replay_server",
-            "--recording",
-            str(recording),
-            "--speed",
-            "max",
-            "--port",
-            str(port),
-            "--exit-at-end",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
+    server, port = start_replay_server(recording)
     try:
-        assert server.stdout is not None  # noqa: S101
-        server.stdout.readline()  # "replay server on ..." once it listens
         run_settings = settings.model_copy(
             update={
                 "binance_ws_url": f"ws://127.0.0.1:{port}",

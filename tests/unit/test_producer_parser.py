@@ -12,6 +12,7 @@ import json
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -170,7 +171,7 @@ def test_control_messages(frame: str, kind: str) -> None:
     assert isinstance(result, Control) and result.kind == kind
 
 
-GOOD = {
+GOOD: dict[str, Any] = {
     "e": "trade",
     "E": 1741046401271969,
     "s": "TRXUSDT",

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_producer_parser import GOOD  # the same real TRXUSDT trade payload
 
 from producer_app.events import PriceEvent
 from producer_app.parser import REASON_CODES, Control, DeadLetter, ParsedEvent, parse_frame
@@ -25,17 +26,6 @@ pytestmark = pytest.mark.unit
 FUZZ = settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 RECEIVED = 1_741_046_500_000_000
 
-GOOD: dict[str, Any] = {
-    "e": "trade",
-    "E": 1741046401271969,
-    "s": "TRXUSDT",
-    "t": 348656870,
-    "p": "0.2312",
-    "q": "2619.4",
-    "T": 1741046401271497,
-    "m": True,
-    "M": True,
-}
 
 json_values = st.recursive(
     st.none()
