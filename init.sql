@@ -33,7 +33,7 @@ $$;
 -- tables ------------------------------------------------------------------------
 
 -- staging.raw_prices: every trade and ticker price the consumer committed, one row per
--- (symbol, stream, sequence_id, event_time). Written by consumer_app (COPY, one transaction
+-- (symbol, stream, event_time, sequence_id). Written by consumer_app (COPY, one transaction
 -- per micro-batch); read by analytics.get_daily_summary and analytics.latest_prices.
 -- Partitioned by UTC day of event_time: one partition staging.raw_prices_pYYYYMMDD per day,
 -- made by staging.create_raw_prices_partitions, dropped whole by analytics.purge_raw_prices.
@@ -53,7 +53,7 @@ create table if not exists staging.raw_prices (
     received_at         timestamptz not null,
     ingested_at         timestamptz not null default now(),
     source              text        not null default 'ws',
-    primary key (symbol, stream, sequence_id, event_time)
+    primary key (symbol, stream, event_time, sequence_id)
 ) partition by range (event_time);
 
 comment on table staging.raw_prices is
@@ -128,11 +128,31 @@ comment on column analytics.daily_summary_dw.computed_at is
 
 -- indexes -----------------------------------------------------------------------
 
--- Per-symbol, per-stream time order: finds a day's first and last rows for open/close
--- without sorting the day, and the newest row per symbol for analytics.latest_prices.
--- Declared on the parent, so every partition (present and future) gets its own copy.
-create index if not exists raw_prices_symbol_stream_time_idx
-    on staging.raw_prices (symbol, stream, event_time, sequence_id);
+-- staging.raw_prices has ONE index, its primary key (symbol, stream, event_time, sequence_id):
+-- it rejects duplicate events (a set of columns is unique whatever their order) and its
+-- order is the per-symbol time order that the summary (each day's first and last rows) and
+-- analytics.latest_prices (newest row per symbol) read. Every index is paid for on every
+-- COPY: with the former second index (symbol, stream, event_time, sequence_id) beside a key
+-- in (..., sequence_id, event_time) order, a binary COPY reached 163k rows/s; with the one
+-- index, 300k (docs/benchmarks.md, consumer). Databases created before this change are
+-- migrated here: the key is rebuilt in the new order, then the old index dropped.
+do $$
+declare
+    old_key text;
+begin
+    select pg_get_constraintdef(c.oid) into old_key
+    from pg_constraint as c
+    where c.conrelid = 'staging.raw_prices'::regclass and c.contype = 'p';
+    if old_key is distinct from 'PRIMARY KEY (symbol, stream, event_time, sequence_id)' then
+        if old_key is not null then
+            alter table staging.raw_prices drop constraint raw_prices_pkey;
+        end if;
+        alter table staging.raw_prices
+            add constraint raw_prices_pkey primary key (symbol, stream, event_time, sequence_id);
+    end if;
+end
+$$;
+drop index if exists staging.raw_prices_symbol_stream_time_idx;
 
 -- The data-quality check looks up gaps overlapping one UTC day.
 create index if not exists feed_gaps_window_idx
@@ -271,7 +291,7 @@ $$;
 --     volume, quote volume (sum price*quantity), vwap and trade count come from trades only;
 --   * open/close: first_value over (event_time, sequence_id), the trade id breaking ties
 --     inside one millisecond; only the rows at the day's first and last instant of each
---     symbol are windowed (found through raw_prices_symbol_stream_time_idx), which gives the
+--     symbol are windowed (found through the primary key's index), which gives the
 --     same first/last row as windowing the whole day without sorting millions of rows;
 --   * idempotent: ON CONFLICT (event_date, symbol) DO UPDATE, and only when a value changed;
 --   * a day with no rows changes nothing (existing candles stay: the raw rows of a purged day
@@ -435,8 +455,8 @@ $$;
 -- views -------------------------------------------------------------------------
 
 -- analytics.latest_prices: the newest price of every (symbol, stream) in staging.raw_prices,
--- for `select * from analytics.latest_prices;` in psql. A loose index scan over
--- raw_prices_symbol_stream_time_idx finds the pairs and the newest row of each without
+-- for `select * from analytics.latest_prices;` in psql. A loose index scan over the
+-- primary key (symbol, stream, event_time, sequence_id) finds the pairs and the newest row of each without
 -- reading whole partitions. Written by nobody (a view); reads staging.raw_prices.
 create or replace view analytics.latest_prices as
 with recursive pairs as (

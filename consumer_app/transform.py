@@ -26,6 +26,7 @@ Rules (docs/consumer.md has the long form):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -69,33 +70,67 @@ def state_key(symbol: str, stream: str) -> str:
     return f"{symbol}{KEY_SEPARATOR}{stream}"
 
 
-def parse_events(kafka_df: DataFrame) -> DataFrame:
-    """Kafka records (`value` binary) -> typed events with `price_time_us`; invalid ones dropped."""
-    parsed = kafka_df.select(
-        F.from_json(F.col("value").cast("string"), EVENT_SCHEMA).alias("e")
-    ).select(
-        F.col("e.symbol").alias("symbol"),
-        F.col("e.stream").alias("stream"),
-        F.col("e.event_time_us").alias("event_time_us"),
-        F.col("e.trade_time_us").alias("trade_time_us"),
-        F.col("e.sequence_id").alias("sequence_id"),
+# Column names of parse_events' output, in order.
+EVENT_COLUMNS = (
+    "symbol",
+    "stream",
+    "event_time_us",
+    "sequence_id",
+    "price",
+    "quantity",
+    "is_buyer_maker",
+    "received_at_us",
+    "source",
+    "price_time_us",
+)
+_STATE_MAP_TYPE = "map<string, struct<price: string, pt: bigint, seq: bigint>>"
+
+
+def _after(pt: Column, seq: Column, ref_pt: Column, ref_seq: Column) -> Column:
+    """(pt, seq) > (ref_pt, ref_seq) lexicographically."""
+    return (pt > ref_pt) | ((pt == ref_pt) & (seq > ref_seq))
+
+
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """The transform's Column expressions: they never change, so they are built once.
+
+    Building them costs ~200 Py4J calls; a micro-batch only adds the state literal
+    (_state_column) and runs the DataFrame operations (docs/consumer.md, "Spark settings
+    that matter for speed").
+    """
+
+    parsed: Column
+    fields: list[Column]
+    valid: Column
+    windows: list[Column]
+    keep: Column
+    results: list[Column]
+    raw_rows: list[Column]
+    state_key: Column
+
+
+def _build_columns() -> _Columns:
+    e = F.col("e")
+    fields = [
+        e["symbol"].alias("symbol"),
+        e["stream"].alias("stream"),
+        e["event_time_us"].alias("event_time_us"),
+        e["sequence_id"].alias("sequence_id"),
         # string -> decimal directly: exact, no float in between
         # try_cast: a malformed or too long decimal string becomes null (row dropped below)
         # instead of failing the whole batch under Spark's ANSI mode
-        F.col("e.price").try_cast(PRICE_TYPE).alias("price"),
-        F.col("e.quantity").alias("_quantity_text"),
-        F.col("e.quantity").try_cast(QUANTITY_TYPE).alias("quantity"),
-        F.col("e.is_buyer_maker").alias("is_buyer_maker"),
-        F.col("e.received_at_us").alias("received_at_us"),
-        F.coalesce(F.col("e.source"), F.lit("ws")).alias("source"),
-    )
-    with_time = parsed.withColumn(
-        "price_time_us",
-        F.when(F.col("stream") == "trade", F.col("trade_time_us")).otherwise(
-            F.col("event_time_us")
-        ),
-    )
-    return with_time.where(
+        e["price"].try_cast(PRICE_TYPE).alias("price"),
+        e["quantity"].try_cast(QUANTITY_TYPE).alias("quantity"),
+        e["is_buyer_maker"].alias("is_buyer_maker"),
+        e["received_at_us"].alias("received_at_us"),
+        F.coalesce(e["source"], F.lit("ws")).alias("source"),
+        F.when(e["stream"] == "trade", e["trade_time_us"])
+        .otherwise(e["event_time_us"])
+        .alias("price_time_us"),
+        e["quantity"].alias("_quantity_text"),
+    ]
+    valid = (
         F.col("symbol").isNotNull()
         & F.col("stream").isin(*STREAMS)
         & F.col("sequence_id").isNotNull()
@@ -105,54 +140,20 @@ def parse_events(kafka_df: DataFrame) -> DataFrame:
         & F.col("price").isNotNull()
         & (F.col("price") > 0)
         & (F.col("_quantity_text").isNull() | F.col("quantity").isNotNull())
-    ).drop("_quantity_text")
+    )
 
-
-def _state_column(last_prices: Mapping[StateKey, LastPrice]) -> Column:
-    """A literal map (symbol|stream -> struct) looked up per row: no join, no shuffle."""
-    state_struct = f"struct<price: {PRICE_TYPE.simpleString()}, pt: bigint, seq: bigint>"
-    if not last_prices:
-        return F.lit(None).cast(state_struct)
-    entries: list[Column] = []
-    for (symbol, stream), last in sorted(last_prices.items()):
-        entries.append(F.lit(state_key(symbol, stream)))
-        entries.append(
-            F.struct(
-                # a plain decimal string casts exactly (no exponent, no float)
-                F.lit(format(last.price, "f")).cast(PRICE_TYPE).alias("price"),
-                F.lit(last.price_time_us).cast("bigint").alias("pt"),
-                F.lit(last.sequence_id).cast("bigint").alias("seq"),
-            )
-        )
-    lookup = F.create_map(*entries)
-    return lookup[F.concat_ws(KEY_SEPARATOR, F.col("symbol"), F.col("stream"))]
-
-
-def _after(pt: Column, seq: Column, ref_pt: Column, ref_seq: Column) -> Column:
-    """(pt, seq) > (ref_pt, ref_seq) lexicographically."""
-    return (pt > ref_pt) | ((pt == ref_pt) & (seq > ref_seq))
-
-
-def with_price_changes(events: DataFrame, last_prices: Mapping[StateKey, LastPrice]) -> DataFrame:
-    """Add previous_price, price_change, price_change_pct and is_key_last to parsed events.
-
-    `last_prices` is the state before this batch. `is_key_last` flags, per key, the row
-    with the greatest (price time, sequence_id): what state.py stores after the commit.
-    """
     key = ("symbol", "stream")
     ordered = Window.partitionBy(*key).orderBy(
         "price_time_us", "sequence_id", "received_at_us", "source"
     )
     whole_key = Window.partitionBy(*key)
     pt, seq = F.col("price_time_us"), F.col("sequence_id")
-
-    df = (
-        events.withColumn("_state", _state_column(last_prices))
-        .withColumn("_lag_pt", F.lag(pt).over(ordered))
-        .withColumn("_lag_seq", F.lag(seq).over(ordered))
-        .withColumn("_lag_price", F.lag("price").over(ordered))
-        .withColumn("_max_key", F.max(F.struct(pt.alias("pt"), seq.alias("seq"))).over(whole_key))
-    )
+    windows = [
+        F.lag(pt).over(ordered).alias("_lag_pt"),
+        F.lag(seq).over(ordered).alias("_lag_seq"),
+        F.lag("price").over(ordered).alias("_lag_price"),
+        F.max(F.struct(pt.alias("pt"), seq.alias("seq"))).over(whole_key).alias("_max_key"),
+    ]
     state_pt, state_seq = F.col("_state.pt"), F.col("_state.seq")
     has_state = F.col("_state").isNotNull()
     is_duplicate = (
@@ -163,62 +164,129 @@ def with_price_changes(events: DataFrame, last_prices: Mapping[StateKey, LastPri
     lag_in_chain = F.col("_lag_pt").isNotNull() & (
         ~has_state | _after(F.col("_lag_pt"), F.col("_lag_seq"), state_pt, state_seq)
     )
-    previous_price = F.when(lag_in_chain, F.col("_lag_price")).otherwise(F.col("_state.price"))
-
-    df = df.where(~is_duplicate & ~is_stored).withColumn(
-        "previous_price", previous_price.cast(PRICE_TYPE)
+    # the state's price travels as a plain decimal string (no exponent): the cast is exact
+    previous_price = (
+        F.when(lag_in_chain, F.col("_lag_price"))
+        .otherwise(F.col("_state.price").cast(PRICE_TYPE))
+        .cast(PRICE_TYPE)
     )
     # try_cast everywhere a value could overflow a narrower type: null, never a failed batch
     change = (
-        F.col("price").try_cast(CHANGE_OPERAND_TYPE)
-        - F.col("previous_price").try_cast(CHANGE_OPERAND_TYPE)
+        F.col("price").try_cast(CHANGE_OPERAND_TYPE) - previous_price.try_cast(CHANGE_OPERAND_TYPE)
     ).try_cast(PRICE_CHANGE_TYPE)
     # DECIMAL(28,18) / DECIMAL(28,18) has result scale exactly 10 in Spark (HALF_UP), so
     # the round() is a no-op kept for clarity and the x100 is exact.
     quotient = F.round(
-        change.try_cast(DIVISION_OPERAND_TYPE)
-        / F.col("previous_price").try_cast(DIVISION_OPERAND_TYPE),
+        change.try_cast(DIVISION_OPERAND_TYPE) / previous_price.try_cast(DIVISION_OPERAND_TYPE),
         _QUOTIENT_SCALE,
     ).try_cast(f"decimal({38 - PCT_SCALE},{_QUOTIENT_SCALE})")
     pct = (quotient * F.lit(Decimal(100))).try_cast(PRICE_CHANGE_PCT_TYPE)
+    results = [
+        *(F.col(c) for c in EVENT_COLUMNS),
+        previous_price.alias("previous_price"),
+        change.alias("price_change"),
+        F.when(previous_price != 0, pct).alias("price_change_pct"),
+        ((F.col("_max_key.pt") == pt) & (F.col("_max_key.seq") == seq)).alias("is_key_last"),
+    ]
+    raw_rows = [
+        F.col("symbol"),
+        F.col("stream"),
+        F.col("sequence_id"),
+        F.timestamp_micros("price_time_us").alias("event_time"),
+        F.timestamp_micros("event_time_us").alias("exchange_event_time"),
+        F.col("price"),
+        F.col("quantity"),
+        F.col("is_buyer_maker"),
+        F.col("previous_price"),
+        F.col("price_change"),
+        F.col("price_change_pct"),
+        F.timestamp_micros("received_at_us").alias("received_at"),
+        F.col("source"),
+        F.col("price_time_us"),
+        F.col("received_at_us"),
+        F.col("is_key_last"),
+    ]
+    return _Columns(
+        parsed=F.from_json(F.col("value").cast("string"), EVENT_SCHEMA).alias("e"),
+        fields=fields,
+        valid=valid,
+        windows=windows,
+        keep=~is_duplicate & ~is_stored,
+        results=results,
+        raw_rows=raw_rows,
+        state_key=F.concat_ws(KEY_SEPARATOR, F.col("symbol"), F.col("stream")),
+    )
+
+
+_COLUMNS: dict[int, _Columns] = {}
+
+
+def _columns(df: DataFrame) -> _Columns:
+    """The cached Column expressions, rebuilt if the JVM gateway changed (a new SparkContext)."""
+    gateway = id(df.sparkSession.sparkContext._gateway)  # noqa: SLF001
+    built = _COLUMNS.get(gateway)
+    if built is None:
+        _COLUMNS.clear()
+        built = _COLUMNS[gateway] = _build_columns()
+    return built
+
+
+def _state_column(cols: _Columns, last_prices: Mapping[StateKey, LastPrice]) -> Column:
+    """The last known price of the row's key, from one literal map: no join, no shuffle.
+
+    The map travels as one JSON string literal (Spark folds the from_json once per batch),
+    so a batch costs a few Py4J calls whatever the number of keys.
+    """
+    state = {
+        state_key(symbol, stream): {
+            "price": format(last.price, "f"),
+            "pt": last.price_time_us,
+            "seq": last.sequence_id,
+        }
+        for (symbol, stream), last in sorted(last_prices.items())
+    }
+    return F.from_json(F.lit(json.dumps(state)), _STATE_MAP_TYPE)[cols.state_key]
+
+
+def parse_events(kafka_df: DataFrame) -> DataFrame:
+    """Kafka records (`value` binary) -> typed events with `price_time_us`; invalid ones dropped."""
+    cols = _columns(kafka_df)
     return (
-        df.withColumn("price_change", change)
-        .withColumn("price_change_pct", F.when(F.col("previous_price") != 0, pct))
-        .withColumn(
-            "is_key_last",
-            (F.col("_max_key.pt") == pt) & (F.col("_max_key.seq") == seq),
+        kafka_df.select(cols.parsed).select(*cols.fields).where(cols.valid).select(*EVENT_COLUMNS)
+    )
+
+
+def with_price_changes(events: DataFrame, last_prices: Mapping[StateKey, LastPrice]) -> DataFrame:
+    """Add previous_price, price_change, price_change_pct and is_key_last to parsed events.
+
+    `last_prices` is the state before this batch. `is_key_last` flags, per key, the row
+    with the greatest (price time, sequence_id): what state.py stores after the commit.
+    """
+    cols = _columns(events)
+    return (
+        events.select(
+            *EVENT_COLUMNS, _state_column(cols, last_prices).alias("_state"), *cols.windows
         )
-        .drop("_state", "_lag_pt", "_lag_seq", "_lag_price", "_max_key")
+        .where(cols.keep)
+        .select(*cols.results)
     )
 
 
 def to_raw_price_rows(df: DataFrame) -> DataFrame:
     """Events with price changes -> staging.raw_prices columns (COPY order) + helpers.
 
-    Helpers after the table columns: price_time_us and is_key_last (for state.py).
+    Helpers after the table columns: price_time_us, received_at_us and is_key_last (for
+    state.py and the metrics).
     """
-    return df.select(
-        "symbol",
-        "stream",
-        "sequence_id",
-        F.timestamp_micros("price_time_us").alias("event_time"),
-        F.timestamp_micros("event_time_us").alias("exchange_event_time"),
-        "price",
-        "quantity",
-        "is_buyer_maker",
-        "previous_price",
-        "price_change",
-        "price_change_pct",
-        F.timestamp_micros("received_at_us").alias("received_at"),
-        "source",
-        "price_time_us",
-        "received_at_us",
-        "is_key_last",
-    )
+    return df.select(*_columns(df).raw_rows)
 
 
 def transform_batch(kafka_df: DataFrame, last_prices: Mapping[StateKey, LastPrice]) -> DataFrame:
-    """One micro-batch of Kafka records -> rows for staging.raw_prices (see module doc)."""
+    """One micro-batch of Kafka records -> rows for staging.raw_prices (see module doc).
+
+    Few DataFrame operations on purpose: each one is analysed again on the driver, and
+    every micro-batch builds this plan anew.
+    """
     return to_raw_price_rows(with_price_changes(parse_events(kafka_df), last_prices))
 
 
