@@ -86,6 +86,9 @@ class ConsumerSettings(BaseSettings):
     consumer_write_mode: Literal["optimistic", "merge"] = Field(
         default="optimistic", validation_alias="CONSUMER_WRITE_MODE"
     )
+    consumer_copy_format: Literal["text", "binary"] = Field(
+        default="text", validation_alias="CONSUMER_COPY_FORMAT"
+    )
 
     @property
     def postgres_conninfo(self) -> str:

@@ -321,6 +321,7 @@ class ConsumerJob:
             s.postgres_conninfo,
             retry_seconds=s.consumer_retry_seconds,
             write_mode=s.consumer_write_mode,
+            copy_format=s.consumer_copy_format,
         )
         has_table = sink.run(
             "schema check",
