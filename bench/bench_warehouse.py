@@ -189,7 +189,7 @@ def run(  # noqa: PLR0915 - one linear script
 
             print("\n[1] daily summary of one day")
             conn.execute("call staging.create_raw_prices_partitions(%s, %s)", (today, today))
-            with timed(f"generate {rows:,} rows into today's partition (2 indexes)", results):
+            with timed(f"generate {rows:,} rows into today's partition (1 index)", results):
                 generate(conn, "staging.raw_prices", today, rows)
             conn.execute("vacuum analyze staging.raw_prices")
             with timed("copy them into the original's float table (no index)", results):
