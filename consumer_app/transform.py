@@ -111,7 +111,7 @@ class _Columns:
 
 
 def _build_columns() -> _Columns:
-    e = F.col("e")
+    e = F.struct(*(F.col(field.name) for field in EVENT_SCHEMA.fields))
     fields = [
         e["symbol"].alias("symbol"),
         e["stream"].alias("stream"),
@@ -207,7 +207,11 @@ def _build_columns() -> _Columns:
         F.col("is_key_last"),
     ]
     return _Columns(
-        parsed=F.from_json(F.col("value").cast("string"), EVENT_SCHEMA).alias("e"),
+        # inline(array(struct)): the JSON is parsed once, in a Generate. Selected as a plain
+        # struct, the validity filter below was pushed under the projection with from_json
+        # inlined into it, so every record was parsed twice (filter, then projection):
+        # parse of a 200k batch 0.86-0.99 s -> 0.70-0.84 s.
+        parsed=F.inline(F.array(F.from_json(F.col("value").cast("string"), EVENT_SCHEMA))),
         fields=fields,
         valid=valid,
         windows=windows,
