@@ -146,10 +146,7 @@ def _build_columns() -> _Columns:
     ordered = Window.partitionBy(*key).orderBy(
         "price_time_us", "sequence_id", "received_at_us", "source"
     )
-    # The whole key as the frame, but with the same partitioning and ordering as `ordered`:
-    # Spark then computes all four columns in ONE Window operator over one sort (a bare
-    # partitionBy(key) window was a second operator: a 200k batch 0.25 s slower).
-    whole_key = ordered.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    whole_key = Window.partitionBy(*key)
     pt, seq = F.col("price_time_us"), F.col("sequence_id")
     windows = [
         F.lag(pt).over(ordered).alias("_lag_pt"),
