@@ -105,6 +105,7 @@ def _kafka_reader(spark: SparkSession, settings: ConsumerSettings, topic: str) -
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", settings.spark_max_offsets_per_trigger)
         .option("failOnDataLoss", str(settings.consumer_fail_on_data_loss).lower())
+        .option("kafka.fetch.max.wait.ms", str(settings.consumer_kafka_fetch_max_wait_ms))
         .load()
     )
 
