@@ -274,6 +274,15 @@ def _trigger(settings: ConsumerSettings) -> dict[str, Any]:
     return {"processingTime": interval}
 
 
+def _gaps_trigger(settings: ConsumerSettings) -> dict[str, Any]:
+    """The gaps query's trigger: its own interval, unless the job drains (availableNow)."""
+    prices = _trigger(settings)
+    interval = settings.consumer_gaps_trigger_interval.strip()
+    if "availableNow" in prices or not interval:
+        return prices
+    return {"processingTime": interval}
+
+
 def consumer_lag(query: StreamingQuery) -> int | None:
     """Kafka end offsets minus the offsets the last batch processed (summed over partitions)."""
     progress = query.lastProgress
@@ -363,7 +372,7 @@ class ConsumerJob:
                 .writeStream.queryName("consumer_gaps")
                 .option("checkpointLocation", f"{checkpoint}/gaps")
                 .foreachBatch(GapBatchWriter(gap_sink, self.metrics))
-                .trigger(**trigger)
+                .trigger(**_gaps_trigger(s))
                 .start()
             )
             self.queries.append(gaps_query)
