@@ -48,8 +48,9 @@ test: ## THE test command: services up, then unit + integration + e2e tests
 test-unit: ## unit tests only (no services)
 	@$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
-lint: ## ruff + mypy (both run; fails if either fails)
+lint: ## ruff check + ruff format --check + mypy (all run; fails if any fails)
 	@rc=0; $(PY) -m ruff check . || rc=1; \
+	$(PY) -m ruff format --check . || rc=1; \
 	$(PY) -m mypy producer_app consumer_app airflow/dags scripts tests || rc=1; exit $$rc
 
 bench: ## run every benchmark script in bench/, then the stack start-up timings (scripts/bench_stack.sh)

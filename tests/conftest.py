@@ -165,9 +165,7 @@ def _pg_template(pg_admin_dsn: str) -> Iterator[str]:
     with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
         role = conn.execute("select 1 from pg_roles where rolname = %s", (owner,)).fetchone()
         if role is None:
-            pytest.fail(
-                f"PostgreSQL role {owner} does not exist; {HOW_TO_START}", pytrace=False
-            )
+            pytest.fail(f"PostgreSQL role {owner} does not exist; {HOW_TO_START}", pytrace=False)
         conn.execute(
             sql.SQL("create database {} owner {}").format(
                 sql.Identifier(name), sql.Identifier(owner)

@@ -298,8 +298,13 @@ def test_replayed_recordings_land_exactly_once_with_exact_prices(
     for trade in expected:
         row = landed.get((trade.symbol, trade.trade_id))
         want = (
-            trade.symbol, "trade", trade.trade_id, trade.price, trade.quantity,
-            trade.is_buyer_maker, trade.trade_time,
+            trade.symbol,
+            "trade",
+            trade.trade_id,
+            trade.price,
+            trade.quantity,
+            trade.is_buyer_maker,
+            trade.trade_time,
         )
         if row is None or tuple(row) != want:
             mismatches.append((want, row))

@@ -22,14 +22,14 @@ def test_pg_dsn_is_a_fresh_database_with_the_warehouse_owned_by_the_pipeline_use
     pg_dsn: str,
 ) -> None:
     with psycopg.connect(pg_dsn) as conn:
-        user, = conn.execute("select current_user").fetchone() or ("",)
+        (user,) = conn.execute("select current_user").fetchone() or ("",)
         tables: dict[str, str] = dict(
             conn.execute(
                 "select schemaname || '.' || tablename, tableowner from pg_tables"
                 " where schemaname in ('staging', 'analytics')"
             ).fetchall()
         )
-        rows, = conn.execute("select count(*) from staging.raw_prices").fetchone() or (None,)
+        (rows,) = conn.execute("select count(*) from staging.raw_prices").fetchone() or (None,)
     assert tables.get("staging.raw_prices") == user
     assert tables.get("staging.consumer_batches") == user
     assert rows == 0

@@ -100,7 +100,10 @@ def test_services_twice_is_safe_and_keeps_the_running_servers(
     before = (ROOT / ".local" / "run" / "kafka.pid").read_text()
     result = subprocess.run(  # noqa: S603 - our own script
         [str(ROOT / "scripts" / "stack.sh"), "services"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "PostgreSQL already running" in result.stderr

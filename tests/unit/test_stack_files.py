@@ -68,8 +68,20 @@ def test_spark_connector_matches_the_pinned_pyspark() -> None:
 def test_makefile_has_every_verb_of_the_issue() -> None:
     makefile = (ROOT / "Makefile").read_text()
     targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.MULTILINE))
-    wanted = {"demo", "up", "down", "clean", "status", "logs", "replay", "test", "lint", "bench",
-              "lock", "services"}
+    wanted = {
+        "demo",
+        "up",
+        "down",
+        "clean",
+        "status",
+        "logs",
+        "replay",
+        "test",
+        "lint",
+        "bench",
+        "lock",
+        "services",
+    }
     assert wanted <= targets
 
 
