@@ -353,6 +353,7 @@ class ConsumerJob:
         self._spark = spark
         checkpoint = s.spark_checkpoint_dir.rstrip("/")
         trigger = _trigger(s)
+        gaps_trigger = _gaps_trigger(s)
 
         query_id = _QueryId()
         writer = PriceBatchWriter(sink, state, self.metrics, query_id)
@@ -372,15 +373,16 @@ class ConsumerJob:
                 .writeStream.queryName("consumer_gaps")
                 .option("checkpointLocation", f"{checkpoint}/gaps")
                 .foreachBatch(GapBatchWriter(gap_sink, self.metrics))
-                .trigger(**_gaps_trigger(s))
+                .trigger(**gaps_trigger)
                 .start()
             )
             self.queries.append(gaps_query)
         self.metrics.set_state("running", query_id=str(prices_query.id), trigger=str(trigger))
         log.info(
-            "consumer started: query %s, trigger %s, checkpoint %s",
+            "consumer started: query %s, trigger %s (gaps query: %s), checkpoint %s",
             prices_query.id,
             trigger,
+            gaps_trigger if self._sink_gaps else "off",
             checkpoint,
         )
         return self.queries
