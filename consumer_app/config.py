@@ -83,9 +83,10 @@ class ConsumerSettings(BaseSettings):
     )
     consumer_sink_gaps: bool = Field(default=True, validation_alias="CONSUMER_SINK_GAPS")
     # Trigger of the gaps query (gap reports are rare and not latency-critical). Idle at
-    # processingTime 0 a query asks Kafka for its end offsets every 10 ms: measured 30 s
-    # idle, the broker's CPU went from 2.9 s to 4.4 s with the gaps query at 0. Empty = the
-    # prices trigger; SPARK_TRIGGER_INTERVAL=availableNow drains both whatever this says.
+    # processingTime 0 a query asks Kafka for its end offsets every 10 ms: over 30 s idle
+    # the broker used 4.3 s of CPU with the gaps query at 0, 2.9 s at 5 s
+    # (bench/bench_consumer_idle.py; docs/consumer.md). Empty = the prices trigger;
+    # SPARK_TRIGGER_INTERVAL=availableNow drains both whatever this says.
     consumer_gaps_trigger_interval: str = Field(
         default="5 seconds", validation_alias="CONSUMER_GAPS_TRIGGER_INTERVAL"
     )
