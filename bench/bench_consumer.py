@@ -1,4 +1,4 @@
-"""Benchmark of the consumer (issue 4): the COPY limit, this consumer, and the original design.
+"""Benchmark of the consumer (issue 4): the COPY limit and this consumer, on a 5 M backlog and live.
 
 Not a test: run it once, it prints figures and the machine.
     .venv/bin/python bench/bench_consumer.py [--events 5000000] [--live-seconds 60]
@@ -10,8 +10,8 @@ connection, like tests/conftest.py) and a fresh checkpoint.
   (b) consumer  `python -m consumer_app` draining a topic of N trade events (availableNow):
                 sustained events/s between the first and the last commit; then a live
                 run at --live-rate events/s for event-to-commit latency p50/p99
-  (c) original  the original design reproduced: Spark JDBC append of float prices, Redis
-                MGET/MSET per batch, 15-second trigger, no checkpoint, no maxOffsetsPerTrigger
+The original project's design, reproduced faithfully (its own schema, producer and job), is
+measured side by side with this consumer by bench/bench_backlog.py (issue 11).
 """
 
 from __future__ import annotations
@@ -84,7 +84,10 @@ def admin_dsn(settings: ConsumerSettings) -> str:
     )
 
 
-def fresh_database(settings: ConsumerSettings, name: str) -> str:
+def fresh_database(
+    settings: ConsumerSettings, name: str, days: tuple[str, str] = ("2025-03-04", "2025-03-05")
+) -> str:
+    """A new database `name` with init.sql applied and day partitions for `days` (first, last)."""
     admin = admin_dsn(settings)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(
@@ -100,7 +103,7 @@ def fresh_database(settings: ConsumerSettings, name: str) -> str:
     ) as conn:
         conn.execute(sql.SQL("set role {}").format(sql.Identifier(settings.postgres_user)))
         conn.execute((ROOT / "init.sql").read_text())
-        conn.execute("call staging.create_raw_prices_partitions('2025-03-04', '2025-03-05')")
+        conn.execute("call staging.create_raw_prices_partitions(%s, %s)", days)
     return name
 
 
@@ -189,6 +192,11 @@ def copy_limit(dsn: str, count: int) -> float:
                 "ws",
             )
         )
+    return count / copy_rows(dsn, rows)
+
+
+def copy_rows(dsn: str, rows: list[tuple[Any, ...]]) -> float:
+    """Binary COPY of `rows` (RAW_PRICES_COLUMNS order) in one transaction; seconds taken."""
     with psycopg.connect(dsn) as conn:
         started = time.monotonic()
         with conn.cursor().copy(
@@ -200,8 +208,7 @@ def copy_limit(dsn: str, count: int) -> float:
             for row in rows:
                 copy.write_row(row)
         conn.commit()
-        elapsed = time.monotonic() - started
-    return count / elapsed
+        return time.monotonic() - started
 
 
 # ----------------------------------------------------------------------------- (b) this consumer
@@ -350,6 +357,35 @@ def run_consumer_live(
     }
 
 
+def live_scenario(
+    settings: ConsumerSettings, workdir: Path, rate: int, seconds: int, database: str
+) -> dict[str, Any]:
+    """`python -m consumer_app` live at `rate` events/s into a fresh database `database`."""
+    db = fresh_database(settings, database)
+    try:
+        return run_consumer_live(
+            settings,
+            db_dsn(settings, db),
+            workdir,
+            rate,
+            seconds,
+            ["-m", "consumer_app"],
+            "consumer",
+        )
+    finally:
+        drop_database(settings, db)
+
+
+def describe_live(live: dict[str, Any], rate: int) -> str:
+    """One line: rows, event-to-commit p50/p99 and the per-batch medians of a live run."""
+    return (
+        f"live at {rate}/s: {live['rows']}/{live['sent']} rows, event-to-commit "
+        f"p50 {live['p50_s']} s, p99 {live['p99_s']} s; per batch (medians): "
+        f"{live['batch_rows_median']} rows, cycle {live['cycle_ms_median']} ms, "
+        f"newest event -> transaction {live['fixed_ms_median']} ms"
+    )
+
+
 def latency_from_db(dsn: str, measured_from_us: int) -> tuple[float, float]:
     """p50/p99 of ingested_at - received_at over rows received after the warm-up.
 
@@ -400,17 +436,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--events", type=int, default=5_000_000)
-    parser.add_argument(
-        "--original-events",
-        type=int,
-        default=1_000_000,
-        help="backlog size for the original design (it is slow)",
-    )
     parser.add_argument("--live-rate", type=int, default=1000)
     parser.add_argument("--live-seconds", type=int, default=60)
-    parser.add_argument(
-        "--skip", default="", help="comma list of: limit,consumer,merge,live,original"
-    )
+    parser.add_argument("--skip", default="", help="comma list of: limit,consumer,merge,live")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     settings = ConsumerSettings()
@@ -458,28 +486,10 @@ def main() -> None:
                 flush=True,
             )
         if "live" not in skip:
-            db = fresh_database(settings, "bench_consumer_live")
-            results["live"] = run_consumer_live(
-                settings,
-                db_dsn(settings, db),
-                workdir,
-                args.live_rate,
-                args.live_seconds,
-                ["-m", "consumer_app"],
-                "consumer",
+            results["live"] = live_scenario(
+                settings, workdir, args.live_rate, args.live_seconds, "bench_consumer_live"
             )
-            drop_database(settings, db)
-            lv = results["live"]
-            print(
-                f"(b) consumer live at {args.live_rate}/s: {lv['rows']}/{lv['sent']} rows, "
-                "event-to-commit "
-                f"p50 {lv['p50_s']} s, p99 {lv['p99_s']} s; per batch (medians): "
-                f"{lv['batch_rows_median']} rows, cycle {lv['cycle_ms_median']} ms, "
-                f"newest event -> transaction {lv['fixed_ms_median']} ms",
-                flush=True,
-            )
-        if "original" not in skip:
-            results["original"] = run_original(settings, workdir, topic, args)
+            print(f"(b) consumer {describe_live(results['live'], args.live_rate)}", flush=True)
     finally:
         delete_topic(settings, topic)
     print_summary(results)
@@ -493,182 +503,12 @@ def print_summary(results: dict[str, Any]) -> None:
     limit = results.get("limit_eps")
     fast = results.get("consumer", {}).get("sustained_eps")
     merge = results.get("consumer_merge", {}).get("sustained_eps")
-    original = results.get("original", {}).get("backlog", {}).get("eps_wall_after_start")
     print(f"summary on {results['machine']}")
     if limit and fast:
         print(f"  consumer / COPY limit       = {fast / limit:.2f}")
     if fast and merge:
         print(f"  merge mode / optimistic     = {merge / fast:.2f}")
-    if fast and original:
-        print(f"  consumer / original design  = {fast / original:.1f}x")
-
-
-# ----------------------------------------------------------------------------- (c) the original
-def run_original(
-    settings: ConsumerSettings, workdir: Path, topic: str, args: argparse.Namespace
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    small = make_topic(settings, f"bench.original.{uuid.uuid4().hex[:6]}")
-    fill_topic(settings, small, args.original_events)
-    db = fresh_database(settings, "bench_consumer_original")
-    dsn = db_dsn(settings, db)
-    env = consumer_env(
-        settings,
-        dsn,
-        small,
-        workdir / "ckpt-original",
-        BENCH_ORIGINAL_STOP_AT=str(args.original_events),
-    )
-    started = time.monotonic()
-    log = workdir / "original.log"
-    with log.open("wb") as handle:
-        code = subprocess.call(  # noqa: S603 - our own module, fixed arguments
-            [sys.executable, str(Path(__file__)), "--original-job"],
-            cwd=ROOT,
-            env=env,  # noqa: S603
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    wall = time.monotonic() - started
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute("select count(*) from staging.raw_prices").fetchone()[0]  # type: ignore[index]
-        first, last = conn.execute(
-            "select min(ingested_at), max(ingested_at) from staging.raw_prices"
-        ).fetchone()  # type: ignore[misc]
-    out["backlog"] = {
-        "rows": rows,
-        "exit": code,
-        "wall_s": wall,
-        "log": str(log),
-        "eps_wall_after_start": rows / max(wall - 20, 1),
-    }
-    drop_database(settings, db)
-    delete_topic(settings, small)
-    print(f"(c) original backlog: {rows:,} rows, exit {code}, wall {wall:.0f} s", flush=True)
-    db = fresh_database(settings, "bench_consumer_original_live")
-    dsn = db_dsn(settings, db)
-    live = run_consumer_live(
-        settings,
-        dsn,
-        workdir,
-        args.live_rate,
-        args.live_seconds,
-        [str(Path(__file__)), "--original-job"],
-        "original",
-    )
-    out["live"] = live
-    drop_database(settings, db)
-    print(
-        f"(c) original live at {args.live_rate}/s: "
-        f"p50 {live['p50_s']:.2f} s, p99 {live['p99_s']:.2f} s",
-        flush=True,
-    )
-    return out
-
-
-def original_job() -> None:
-    """The original design: float prices, Redis MGET/MSET per batch, JDBC append, 15 s trigger."""
-    import redis
-    from pyspark.sql import SparkSession, Window
-    from pyspark.sql import functions as F  # noqa: N812
-    from pyspark.sql.types import DoubleType
-
-    from consumer_app.schema import EVENT_SCHEMA
-
-    settings = ConsumerSettings()
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    jars = [settings.spark_jars] + [
-        str(p) for p in (ROOT / ".local/jars/spark").glob("postgresql-*.jar")
-    ]
-    spark = (
-        SparkSession.builder.master(settings.spark_master)
-        .appName("original_consumer")
-        .config("spark.jars", ",".join(filter(None, jars)))
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.memory", "2g")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("WARN")
-    client = redis.Redis(
-        host=settings.redis_host,
-        port=settings.redis_port,
-        db=settings.redis_db,
-        decode_responses=True,
-    )
-    prefix = settings.consumer_redis_prefix
-    url = f"jdbc:postgresql://{settings.postgres_host}:{settings.postgres_port}/{settings.postgres_db}"
-    props = {
-        "user": settings.postgres_user,
-        "password": settings.postgres_password.get_secret_value(),
-        "driver": "org.postgresql.Driver",
-        "stringtype": "unspecified",
-    }
-    stop_at = int(os.environ.get("BENCH_ORIGINAL_STOP_AT", "0"))
-    written = [0]
-
-    def process(batch: Any, batch_id: int) -> None:
-        events = batch.select(
-            F.from_json(F.col("value").cast("string"), EVENT_SCHEMA).alias("e")
-        ).select("e.*")
-        events = events.withColumn(
-            "price", F.col("price").cast(DoubleType())
-        )  # the original's floats
-        symbols = [r.symbol for r in events.select("symbol").distinct().collect()]
-        last = (
-            dict(zip(symbols, client.mget([f"{prefix}:{s}" for s in symbols]), strict=True))
-            if symbols
-            else {}
-        )
-        last_df = spark.createDataFrame(
-            [(s, float(v) if v else None) for s, v in last.items()],
-            "symbol string, redis_price double",
-        )
-        w = Window.partitionBy("symbol").orderBy("trade_time_us")
-        rows = (
-            events.join(F.broadcast(last_df), "symbol", "left")
-            .withColumn("previous_price", F.coalesce(F.lag("price").over(w), F.col("redis_price")))
-            .withColumn("price_change", F.col("price") - F.col("previous_price"))
-            .withColumn("price_change_pct", F.col("price_change") / F.col("previous_price") * 100)
-            .select(
-                "symbol",
-                "stream",
-                "sequence_id",
-                F.timestamp_micros("trade_time_us").alias("event_time"),
-                F.timestamp_micros("event_time_us").alias("exchange_event_time"),
-                "price",
-                F.col("quantity").cast(DoubleType()).alias("quantity"),
-                "is_buyer_maker",
-                "previous_price",
-                "price_change",
-                "price_change_pct",
-                F.timestamp_micros("received_at_us").alias("received_at"),
-                "source",
-            )
-        )
-        rows.write.jdbc(url, "staging.raw_prices", mode="append", properties=props)
-        newest = rows.groupBy("symbol").agg(F.max_by("price", "event_time").alias("p")).collect()
-        if newest:
-            client.mset({f"{prefix}:{r.symbol}": str(r.p) for r in newest})
-        written[0] += batch.count()
-
-    query = (
-        spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
-        .option("subscribe", settings.kafka_topic_prices)
-        .option("startingOffsets", "earliest")
-        .load()
-        .writeStream.foreachBatch(process)
-        .trigger(processingTime="15 seconds")
-        .start()
-    )
-    while query.isActive:
-        query.awaitTermination(1)
-        if stop_at and written[0] >= stop_at:
-            query.stop()
 
 
 if __name__ == "__main__":
-    if "--original-job" in sys.argv:
-        original_job()
-    else:
-        main()
+    main()

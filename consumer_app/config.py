@@ -55,6 +55,8 @@ class ConsumerSettings(BaseSettings):
     redis_host: str = Field(default="127.0.0.1", validation_alias="REDIS_HOST")
     redis_port: int = Field(default=6379, validation_alias="REDIS_PORT")
     redis_db: int = Field(default=0, validation_alias="REDIS_DB")
+    # Redis requires it (requirepass); never part of a URL or a log line.
+    redis_password: SecretStr = Field(default=SecretStr(""), validation_alias="REDIS_PASSWORD")
 
     # consumer's own knobs
     # 0 disables the metrics HTTP server (tests run several jobs in one process).
@@ -70,6 +72,16 @@ class ConsumerSettings(BaseSettings):
         default=2, validation_alias="CONSUMER_SHUFFLE_PARTITIONS", gt=0
     )
     consumer_driver_memory: str = Field(default="2g", validation_alias="CONSUMER_DRIVER_MEMORY")
+    # Where the Spark driver's RPC endpoint and block manager listen (spark.driver.bindAddress)
+    # and the address executors use to reach it (spark.driver.host). Neither authenticates, so
+    # loopback by default; a cluster sets the driver's host name (compose: the container's).
+    consumer_spark_driver_host: str = Field(
+        default="127.0.0.1", validation_alias="CONSUMER_SPARK_DRIVER_HOST"
+    )
+    # empty = the driver host
+    consumer_spark_driver_bind_address: str = Field(
+        default="", validation_alias="CONSUMER_SPARK_DRIVER_BIND_ADDRESS"
+    )
     # Kafka's fetch.max.wait.ms for the source's consumers. With Kafka's 500 ms default the
     # batch holding the last records of a burst took 1.2-2.7 s instead of 0.2-0.3 s, its
     # read tasks waiting out the fetch wait (docs/consumer.md, "Spark settings that matter").
@@ -91,6 +103,11 @@ class ConsumerSettings(BaseSettings):
         default="5 seconds", validation_alias="CONSUMER_GAPS_TRIGGER_INTERVAL"
     )
     consumer_status_file: str = Field(default="", validation_alias="CONSUMER_STATUS_FILE")
+    # Seconds between progress records for the DAG's completeness sensor
+    # (staging.consumer_progress, consumer_app/progress.py); 0 = none.
+    consumer_progress_interval_s: float = Field(
+        default=5.0, validation_alias="CONSUMER_PROGRESS_INTERVAL_S", ge=0
+    )
     # how long a lost Redis/PostgreSQL connection is retried before the job gives up
     consumer_retry_seconds: float = Field(
         default=60.0, validation_alias="CONSUMER_RETRY_SECONDS", ge=0
@@ -102,6 +119,32 @@ class ConsumerSettings(BaseSettings):
     )
     consumer_copy_format: Literal["text", "binary"] = Field(
         default="text", validation_alias="CONSUMER_COPY_FORMAT"
+    )
+
+    # riding out failures (issue 12; docs/consumer.md, "Failure behaviour")
+    # Kafka's default.api.timeout.ms for the source's clients: how long one blocking Kafka call
+    # (offsets, position) waits for a broker before the query fails and is restarted.
+    consumer_kafka_api_timeout_ms: int = Field(
+        default=60_000, validation_alias="CONSUMER_KAFKA_API_TIMEOUT_MS", gt=0
+    )
+    # a failed query is restarted from its checkpoint after 1, 2, 4 ... s, at most this long
+    consumer_query_restart_max_delay_s: float = Field(
+        default=60.0, validation_alias="CONSUMER_QUERY_RESTART_MAX_DELAY_S", gt=0
+    )
+    # failures of an unknown kind restarted in a row (no batch committed between) before the
+    # process exits non-zero; failures of an unreachable service are restarted without limit
+    consumer_query_restart_limit: int = Field(
+        default=5, validation_alias="CONSUMER_QUERY_RESTART_LIMIT", ge=0
+    )
+    # a price time more than this after the event's received_at_us (or a received_at_us more
+    # than this after the consumer's clock) is dead-lettered as time_out_of_range
+    consumer_max_event_ahead_s: float = Field(
+        default=3600.0, validation_alias="CONSUMER_MAX_EVENT_AHEAD_S", gt=0
+    )
+    # a price time more than this before its received_at_us is dead-lettered; 0 = no bound
+    # (replays of old recordings and REST gap fills are received long after they happened)
+    consumer_max_event_delay_s: float = Field(
+        default=0.0, validation_alias="CONSUMER_MAX_EVENT_DELAY_S", ge=0
     )
 
     @property

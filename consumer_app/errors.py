@@ -11,7 +11,14 @@ class ConsumerError(Exception):
     """Base class of every error the consumer raises on purpose."""
 
 
-class ServiceUnavailableError(ConsumerError):
+class TransientError(ConsumerError):
+    """A condition expected to pass (a lock held, a statement cancelled) outlasted the retries.
+
+    The streaming query fails with it and job.py restarts the query (retries.py decides).
+    """
+
+
+class ServiceUnavailableError(TransientError):
     """A service the consumer needs (Kafka, Redis, PostgreSQL) cannot be reached."""
 
     def __init__(self, service: str, target: str, detail: str) -> None:

@@ -119,6 +119,25 @@ class ConsumerMetrics:
             "Gap events upserted into staging.feed_gaps",
             registry=self.registry,
         )
+        # issue 12: what the consumer refused, retried and restarted (docs/consumer.md)
+        self.rejected_total = Counter(
+            "consumer_rejected_records",
+            "Kafka records stored in staging.rejected_records instead, by topic kind and reason",
+            ["source", "reason"],
+            registry=self.registry,
+        )
+        self.database_retries_total = Counter(
+            "consumer_database_retries",
+            "PostgreSQL actions retried after a transient error, by kind (deadlock, ...)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.query_restarts_total = Counter(
+            "consumer_query_restarts",
+            "Streaming queries restarted after a failure, by query and failure kind",
+            ["query", "kind"],
+            registry=self.registry,
+        )
         self.lag = Gauge(
             "consumer_lag_offsets",
             "Kafka end offsets minus offsets processed, summed over partitions of the prices topic",
@@ -173,6 +192,21 @@ class ConsumerMetrics:
             last_commit_at=committed_at,
             rows_total=int(self.rows_total._value.get()),  # noqa: SLF001 - the counter's own value
         )
+        self.write_status()
+
+    def record_rejected(self, source: str, reasons: dict[str, int]) -> None:
+        """Count dead letters newly stored (source: prices or gaps)."""
+        for reason, count in reasons.items():
+            self.rejected_total.labels(source=source, reason=reason).inc(count)
+        if reasons:
+            self._status["rejected_total"] = self._status.get("rejected_total", 0) + sum(
+                reasons.values()
+            )
+
+    def record_restart(self, query: str, kind: str, failure: str) -> None:
+        self.query_restarts_total.labels(query=query, kind=kind).inc()
+        self._status["query_restarts"] = self._status.get("query_restarts", 0) + 1
+        self._status["last_query_failure"] = failure[:500]
         self.write_status()
 
     def set_lag(self, lag: int | None) -> None:

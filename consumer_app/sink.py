@@ -20,8 +20,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
@@ -31,7 +32,15 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 from psycopg import sql
 
-from consumer_app.errors import ServiceUnavailableError, SinkError
+from consumer_app.dead_letters import RejectedRecord, insert_rejected
+from consumer_app.errors import ServiceUnavailableError, SinkError, TransientError
+from consumer_app.retries import (
+    Backoff,
+    DatabaseAction,
+    database_action,
+    describe_database_error,
+    is_missing_partition,
+)
 from consumer_app.schema import RAW_PRICES_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -43,6 +52,11 @@ CopyFormat = Literal["text", "binary"]
 CopyData = memoryview | list[list[Any]]
 _COPY_CHUNK = 1 << 20
 T = TypeVar("T")
+# Delays between retries of one action: 0.2 s doubling to 5 s, within CONSUMER_RETRY_SECONDS.
+_RETRY_BACKOFF = Backoff(first=0.2, factor=2.0, cap=5.0)
+# How often one batch recreates a vanished day partition before it gives up (a purge that
+# keeps dropping the day faster than the consumer writes it).
+_PARTITION_ATTEMPTS = 3
 
 # Binary COPY types per column. timestamptz columns are sent with the *timestamp*
 # binary dumper from naive UTC datetimes: both types are int64 µs since 2000-01-01 UTC
@@ -74,6 +88,8 @@ class WriteResult:
     rows_inserted: int
     skipped: bool
     merged: bool
+    # dead letters newly stored with the batch, by reason (empty when skipped)
+    rejected: Counter[str] = field(default_factory=Counter)
 
 
 def _decimal_or_none(text: str | None) -> Decimal | None:
@@ -195,9 +211,11 @@ class PostgresSink:
         retry_seconds: float = 60.0,
         write_mode: WriteMode = "optimistic",
         copy_format: CopyFormat = "text",
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         self._conninfo = conninfo
         self._retry_seconds = retry_seconds
+        self._on_retry = on_retry  # called with describe_database_error()'s label per retry
         self._write_mode: WriteMode = write_mode
         self._copy_format: CopyFormat = copy_format
         self._conn: psycopg.Connection[Any] | None = None
@@ -231,31 +249,67 @@ class PostgresSink:
         return self._with_retry(what, action)
 
     def _with_retry(self, what: str, action: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """Run `action` on a live connection; on a lost connection reconnect and run it again.
+        """Run `action` on a live connection; run it again after a transient failure.
 
-        Every action is safe to repeat: the ledger row makes a repeated batch a no-op.
+        Retried (retries.database_action): a lost connection (reconnect), and on a working
+        connection deadlocks, lock and statement timeouts, cancelled statements, serialization
+        failures (roll back, wait, again). Every action is safe to repeat: each is one
+        transaction, and the ledger row makes a repeated batch a no-op. Past
+        CONSUMER_RETRY_SECONDS the failure goes up as a TransientError (the query is then
+        restarted, job.py); anything else is raised at once.
         """
         deadline = time.monotonic() + self._retry_seconds
-        delay = 0.2
+        attempt = 0
         while True:
             try:
                 return action(self.connection())
-            except (psycopg.OperationalError, ServiceUnavailableError) as err:
-                if self._conn is not None and not self._conn.closed:
-                    if not self._conn.broken:
-                        raise  # a real error on a working connection: not ours to retry
-                self.close()
-                if time.monotonic() >= deadline:
-                    if isinstance(err, ServiceUnavailableError):
-                        raise
-                    raise ServiceUnavailableError(
-                        "PostgreSQL", self._target(), str(err).strip()
-                    ) from err
-                log.warning(
-                    "PostgreSQL unavailable during %s (%s); retrying in %.1fs", what, err, delay
+            except (psycopg.Error, ServiceUnavailableError) as err:
+                conn = self._conn
+                broken = conn is None or conn.closed or conn.broken
+                kind = (
+                    DatabaseAction.RECONNECT
+                    if isinstance(err, ServiceUnavailableError)
+                    else database_action(err, connection_broken=broken)
                 )
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                if kind in (DatabaseAction.RAISE, DatabaseAction.RECREATE_PARTITIONS):
+                    raise
+                failure = err
+            if kind is DatabaseAction.RECONNECT:
+                self.close()
+            else:
+                self._rollback()
+            label = describe_database_error(failure)
+            if time.monotonic() >= deadline:
+                if isinstance(failure, ServiceUnavailableError):
+                    raise failure
+                if kind is DatabaseAction.RECONNECT:
+                    raise ServiceUnavailableError(
+                        "PostgreSQL", self._target(), str(failure).strip()
+                    ) from failure
+                raise TransientError(
+                    f"PostgreSQL {label} during {what} for {self._retry_seconds:.0f}s "
+                    f"(CONSUMER_RETRY_SECONDS): {str(failure).strip()}"
+                ) from failure
+            delay = _RETRY_BACKOFF.delay(attempt)
+            attempt += 1
+            if self._on_retry is not None:
+                self._on_retry(label)
+            log.warning(
+                "PostgreSQL %s during %s (%s); retrying in %.1fs",
+                label,
+                what,
+                str(failure).strip(),
+                delay,
+            )
+            time.sleep(delay)
+
+    def _rollback(self) -> None:
+        """Leave a failed transaction so the connection can run the action again."""
+        if self._conn is not None and not self._conn.closed:
+            try:
+                self._conn.rollback()
+            except psycopg.Error:
+                self.close()
 
     # ledger -----------------------------------------------------------------------
     def ledger_position(self, query_id: str, batch_id: int) -> tuple[int | None, bool]:
@@ -290,19 +344,47 @@ class PostgresSink:
         self._known_days.update(missing)
 
     # batches ----------------------------------------------------------------------
-    def write_batch(self, query_id: str, batch_id: int, table: pa.Table) -> WriteResult:
-        """Commit one micro-batch exactly once (see module docstring)."""
+    def write_batch(
+        self,
+        query_id: str,
+        batch_id: int,
+        table: pa.Table,
+        rejected: Sequence[RejectedRecord] = (),
+    ) -> WriteResult:
+        """Commit one micro-batch exactly once (see module docstring), with its dead letters.
+
+        `table` holds the rows to store, `rejected` the batch's records that cannot be stored;
+        both commit in one transaction with the ledger row. A day partition that vanished
+        under the batch (the DAG's purge during a replay of that day) is created again and
+        the batch retried: the rows are data someone is replaying on purpose.
+        """
         price_time_us = table.column("price_time_us").to_numpy()
-        self.ensure_partitions(batch_days(price_time_us))
+        days = batch_days(price_time_us)
         data: CopyData = (
             copy_text_from_arrow(table)
             if self._copy_format == "text"
             else arrow_columns_to_python(table)
         )
-        return self._with_retry(
-            f"batch {batch_id}",
-            lambda conn: self._write(conn, query_id, batch_id, data, table.num_rows),
-        )
+        for attempt in range(1, _PARTITION_ATTEMPTS + 1):
+            self.ensure_partitions(days)
+            try:
+                return self._with_retry(
+                    f"batch {batch_id}",
+                    lambda conn: self._write(
+                        conn, query_id, batch_id, data, table.num_rows, rejected
+                    ),
+                )
+            except psycopg.errors.CheckViolation as err:
+                if not is_missing_partition(err) or attempt == _PARTITION_ATTEMPTS:
+                    raise SinkError(f"batch {batch_id} breaks a table constraint: {err}") from err
+                log.warning(
+                    "batch %s: a day partition of staging.raw_prices is gone (%s; dropped by "
+                    "the purge while the batch ran?): recreating it and retrying",
+                    batch_id,
+                    str(err).strip(),
+                )
+                self._known_days.difference_update(days)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _write(
         self,
@@ -311,6 +393,7 @@ class PostgresSink:
         batch_id: int,
         data: CopyData,
         row_count: int,
+        rejected: Sequence[RejectedRecord],
     ) -> WriteResult:
         try:
             with conn.transaction():
@@ -324,24 +407,40 @@ class PostgresSink:
                         "batch %s of query %s is already committed: skipped", batch_id, query_id
                     )
                     return WriteResult(rows_inserted=0, skipped=True, merged=False)
-                if self._write_mode == "optimistic":
-                    try:
-                        with conn.transaction():  # savepoint: a conflict undoes only the COPY
-                            self._copy(conn, _RAW_PRICES, data)
-                        return WriteResult(rows_inserted=row_count, skipped=False, merged=False)
-                    except psycopg.errors.UniqueViolation:
-                        log.warning(
-                            "batch %s of query %s holds rows already stored (replay after a lost"
-                            " checkpoint?): merging with ON CONFLICT DO NOTHING",
-                            batch_id,
-                            query_id,
-                        )
-                inserted = self._merge(conn, data)
-                return WriteResult(rows_inserted=inserted, skipped=False, merged=True)
+                inserted, merged = self._store_rows(conn, query_id, batch_id, data, row_count)
+                dead = insert_rejected(conn, list(rejected))
+                return WriteResult(
+                    rows_inserted=inserted, skipped=False, merged=merged, rejected=dead
+                )
         except psycopg.errors.DataError as err:
             raise SinkError(f"batch {batch_id} holds a value PostgreSQL rejects: {err}") from err
         except psycopg.errors.IntegrityError as err:
+            if is_missing_partition(err):
+                raise  # write_batch recreates the partition
             raise SinkError(f"batch {batch_id} breaks a table constraint: {err}") from err
+
+    def _store_rows(
+        self,
+        conn: psycopg.Connection[Any],
+        query_id: str,
+        batch_id: int,
+        data: CopyData,
+        row_count: int,
+    ) -> tuple[int, bool]:
+        """COPY the rows (merging after a key conflict); (rows inserted, whether merged)."""
+        if self._write_mode == "optimistic":
+            try:
+                with conn.transaction():  # savepoint: a conflict undoes only the COPY
+                    self._copy(conn, _RAW_PRICES, data)
+                return row_count, False
+            except psycopg.errors.UniqueViolation:
+                log.warning(
+                    "batch %s of query %s holds rows already stored (replay after a lost"
+                    " checkpoint?): merging with ON CONFLICT DO NOTHING",
+                    batch_id,
+                    query_id,
+                )
+        return self._merge(conn, data), True
 
     def _copy(self, conn: psycopg.Connection[Any], target: sql.Identifier, data: CopyData) -> None:
         """COPY the batch into `target`: a text payload as it is, or value lists as binary."""
@@ -376,15 +475,42 @@ class PostgresSink:
         ).rowcount
 
     # gaps -------------------------------------------------------------------------
-    def write_gaps(self, rows: Sequence[tuple[Any, ...]]) -> int:
-        """Upsert gap rows (staging.feed_gaps column order, see GAP_COLUMNS); idempotent."""
-        if not rows:
-            return 0
+    def write_gaps(
+        self,
+        rows: Sequence[tuple[Any, ...]],
+        origins: Sequence[RejectedRecord],
+        rejected: Sequence[RejectedRecord],
+    ) -> tuple[int, Counter[str]]:
+        """Upsert gap rows (GAP_COLUMNS order) and store the dead letters, in one transaction.
 
-        def upsert(conn: psycopg.Connection[Any]) -> int:
-            with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(_GAP_UPSERT, rows)
-                return len(rows)
+        `origins[i]` is the Kafka record of `rows[i]`: when PostgreSQL refuses a row (a value
+        out of a column's range), the rows go one by one and each refused one becomes a dead
+        letter (`rejected_by_database`) instead of failing the batch forever. Idempotent.
+        Returns (gap rows upserted, dead letters newly stored by reason).
+        """
+        if not rows and not rejected:
+            return 0, Counter()
+
+        def upsert(conn: psycopg.Connection[Any]) -> tuple[int, Counter[str]]:
+            with conn.transaction():
+                refused: list[RejectedRecord] = []
+                try:
+                    with conn.transaction(), conn.cursor() as cur:  # savepoint
+                        cur.executemany(_GAP_UPSERT, rows)
+                    written = len(rows)
+                except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
+                    written = 0
+                    for row, origin in zip(rows, origins, strict=True):
+                        try:
+                            with conn.transaction():
+                                conn.execute(_GAP_UPSERT, row)
+                            written += 1
+                        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as err:
+                            detail = str(err).strip().splitlines()[0]
+                            refused.append(
+                                replace(origin, reason="rejected_by_database", detail=detail)
+                            )
+                return written, insert_rejected(conn, [*rejected, *refused])
 
         return self._with_retry("gap upsert", upsert)
 

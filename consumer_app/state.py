@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import redis
@@ -59,6 +60,12 @@ return moved
 """
 
 
+def _without_credentials(url: str) -> str:
+    """redis://user:secret@host:port/db -> redis://host:port/db, for messages."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def watermark(query_id: str, batch_id: int | None) -> str:
     """The watermark string of a query position (batch_id None = nothing committed yet)."""
     return f"{query_id}:{-1 if batch_id is None else batch_id}"
@@ -76,11 +83,23 @@ def _decode(value: str) -> LastPrice:
 class PriceState:
     """Redis-backed last prices; every method retries a lost connection, then names Redis."""
 
-    def __init__(self, redis_url: str, prefix: str, *, retry_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        *,
+        retry_seconds: float = 60.0,
+        password: str | None = None,
+    ) -> None:
+        # A password in the URL wins over `password` (redis-py); messages show neither.
         self._client: redis.Redis = redis.Redis.from_url(
-            redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10
+            redis_url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=10,
+            password=password,
         )
-        self._url = redis_url
+        self._url = _without_credentials(redis_url)
         self._hash_key = prefix
         self._watermark_key = f"{prefix}:watermark"
         self._retry_seconds = retry_seconds
@@ -92,6 +111,10 @@ class PriceState:
         while True:
             try:
                 return action()
+            except redis.AuthenticationError as err:  # retrying cannot fix a wrong password
+                raise ServiceUnavailableError(
+                    "Redis", self._url, f"{err}; check REDIS_PASSWORD"
+                ) from err
             except (redis.ConnectionError, redis.TimeoutError) as err:
                 if time.monotonic() >= deadline:
                     raise ServiceUnavailableError("Redis", self._url, str(err)) from err

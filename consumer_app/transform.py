@@ -19,9 +19,10 @@ Rules (docs/consumer.md has the long form):
   price of any in-order event, and it never moves the stored last price backwards.
 - Duplicates inside a batch (same symbol, stream, sequence_id, price time) keep the
   first in the order above.
-- Records that are not a valid event (bad JSON, missing fields, non-positive or
-  unparsable price, unknown stream) are dropped; the producer already dead-letters
-  malformed frames, so these can only come from a foreign writer.
+- Records that are not a valid event (bad JSON, missing fields, wrong types, non-positive
+  or unparsable price, unknown stream, times out of range) are kept apart with a reason
+  (REJECT_COLUMNS; rules in validation.py) for the dead-letter table: the producer already
+  dead-letters malformed frames, so these come from a foreign writer or a broken clock.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from consumer_app.schema import (
     CHANGE_OPERAND_TYPE,
     DIVISION_OPERAND_TYPE,
     EVENT_SCHEMA,
+    GAP_SCHEMA,
     PCT_SCALE,
     PRICE_CHANGE_PCT_TYPE,
     PRICE_CHANGE_TYPE,
@@ -45,9 +47,15 @@ from consumer_app.schema import (
     QUANTITY_TYPE,
     RAW_PRICES_COLUMNS,
 )
+from consumer_app.validation import (
+    TimeBounds,
+    bound_columns,
+    first_failure,
+    gap_rules,
+    price_event_rules,
+)
 
 KEY_SEPARATOR = "|"
-STREAMS = ("trade", "miniTicker")
 # Quotient scale before the *100: rounding change/previous at PCT_SCALE + 2 decimals is
 # rounding the percentage at PCT_SCALE decimals, once.
 _QUOTIENT_SCALE = PCT_SCALE + 2
@@ -83,6 +91,20 @@ EVENT_COLUMNS = (
     "source",
     "price_time_us",
 )
+# The Kafka source's columns the transform reads (a micro-batch DataFrame has them all).
+KAFKA_COLUMNS = ("key", "value", "topic", "partition", "offset", "timestamp")
+# Appended to every output: null for a stored row; for a rejected record its reason and
+# where it came from (staging.rejected_records, CONTRACT 4 in docs/architecture.md).
+REJECT_COLUMNS = (
+    "reject_reason",
+    "reject_detail",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "kafka_key",
+    "kafka_value",
+    "kafka_timestamp",
+)
 _STATE_MAP_TYPE = "map<string, struct<price: string, pt: bigint, seq: bigint>>"
 
 
@@ -102,7 +124,7 @@ class _Columns:
 
     parsed: Column
     fields: list[Column]
-    valid: Column
+    events: list[Column]
     windows: list[Column]
     keep: Column
     results: list[Column]
@@ -118,8 +140,8 @@ def _build_columns() -> _Columns:
         e["event_time_us"].alias("event_time_us"),
         e["sequence_id"].alias("sequence_id"),
         # string -> decimal directly: exact, no float in between
-        # try_cast: a malformed or too long decimal string becomes null (row dropped below)
-        # instead of failing the whole batch under Spark's ANSI mode
+        # try_cast: never a failed batch under Spark's ANSI mode (the rules below have already
+        # refused any string that is not a plain decimal of DECIMAL(38,18))
         e["price"].try_cast(PRICE_TYPE).alias("price"),
         e["quantity"].try_cast(QUANTITY_TYPE).alias("quantity"),
         e["is_buyer_maker"].alias("is_buyer_maker"),
@@ -128,21 +150,26 @@ def _build_columns() -> _Columns:
         F.when(e["stream"] == "trade", e["trade_time_us"])
         .otherwise(e["event_time_us"])
         .alias("price_time_us"),
-        e["quantity"].alias("_quantity_text"),
     ]
-    valid = (
-        F.col("symbol").isNotNull()
-        & F.col("stream").isin(*STREAMS)
-        & F.col("sequence_id").isNotNull()
-        & F.col("event_time_us").isNotNull()
-        & F.col("price_time_us").isNotNull()
-        & F.col("received_at_us").isNotNull()
-        & F.col("price").isNotNull()
-        & (F.col("price") > 0)
-        & (F.col("_quantity_text").isNull() | F.col("quantity").isNotNull())
-    )
+    # the first rule the record breaks (validation.py), null for an event that can be stored;
+    # `e` is the struct of the wire fields as parsed, before any cast
+    fields.append(first_failure(price_event_rules(e, F.col("value").cast("string"))).alias("_r"))
+    rejected = F.col("_r").isNotNull()
+    fields += [F.col(c) for c in KAFKA_COLUMNS]
+    events = [
+        *(F.col(c) for c in EVENT_COLUMNS),
+        F.col("_r.reason").alias("reject_reason"),
+        F.col("_r.detail").alias("reject_detail"),
+        # Kafka coordinates and bytes travel only with rejected records (the dead letter)
+        *(
+            F.when(rejected, F.col(source)).alias(f"kafka_{source}")
+            for source in ("topic", "partition", "offset", "key", "value", "timestamp")
+        ),
+    ]
 
-    key = ("symbol", "stream")
+    # rejected records sit in windows of their own: they are never an event's predecessor
+    is_rejected = F.col("reject_reason").isNotNull()
+    key = (F.col("symbol"), F.col("stream"), is_rejected)
     ordered = Window.partitionBy(*key).orderBy(
         "price_time_us", "sequence_id", "received_at_us", "source"
     )
@@ -186,7 +213,10 @@ def _build_columns() -> _Columns:
         previous_price.alias("previous_price"),
         change.alias("price_change"),
         F.when(previous_price != 0, pct).alias("price_change_pct"),
-        ((F.col("_max_key.pt") == pt) & (F.col("_max_key.seq") == seq)).alias("is_key_last"),
+        (~is_rejected & (F.col("_max_key.pt") == pt) & (F.col("_max_key.seq") == seq)).alias(
+            "is_key_last"
+        ),
+        *(F.col(c) for c in REJECT_COLUMNS),
     ]
     raw_rows = [
         F.col("symbol"),
@@ -205,6 +235,7 @@ def _build_columns() -> _Columns:
         F.col("price_time_us"),
         F.col("received_at_us"),
         F.col("is_key_last"),
+        *(F.col(c) for c in REJECT_COLUMNS),
     ]
     return _Columns(
         # inline(array(struct)): the JSON is parsed once, in a Generate. Selected as a plain
@@ -213,9 +244,9 @@ def _build_columns() -> _Columns:
         # parse of a 200k batch 0.86-0.99 s -> 0.70-0.84 s.
         parsed=F.inline(F.array(F.from_json(F.col("value").cast("string"), EVENT_SCHEMA))),
         fields=fields,
-        valid=valid,
+        events=events,
         windows=windows,
-        keep=~is_duplicate & ~is_stored,
+        keep=is_rejected | (~is_duplicate & ~is_stored),
         results=results,
         raw_rows=raw_rows,
         state_key=F.concat_ws(KEY_SEPARATOR, F.col("symbol"), F.col("stream")),
@@ -252,11 +283,17 @@ def _state_column(cols: _Columns, last_prices: Mapping[StateKey, LastPrice]) -> 
     return F.from_json(F.lit(json.dumps(state)), _STATE_MAP_TYPE)[cols.state_key]
 
 
-def parse_events(kafka_df: DataFrame) -> DataFrame:
-    """Kafka records (`value` binary) -> typed events with `price_time_us`; invalid ones dropped."""
+def parse_events(kafka_df: DataFrame, bounds: TimeBounds) -> DataFrame:
+    """Kafka records -> typed events with `price_time_us`, and REJECT_COLUMNS.
+
+    Every record comes out: an event that can be stored has a null `reject_reason`; any other
+    record keeps its reason, detail and Kafka coordinates (validation.py has the rules).
+    """
     cols = _columns(kafka_df)
     return (
-        kafka_df.select(cols.parsed).select(*cols.fields).where(cols.valid).select(*EVENT_COLUMNS)
+        kafka_df.select(cols.parsed, *KAFKA_COLUMNS, *bound_columns(bounds))
+        .select(*cols.fields)
+        .select(*cols.events)
     )
 
 
@@ -265,11 +302,16 @@ def with_price_changes(events: DataFrame, last_prices: Mapping[StateKey, LastPri
 
     `last_prices` is the state before this batch. `is_key_last` flags, per key, the row
     with the greatest (price time, sequence_id): what state.py stores after the commit.
+    Rejected records pass through untouched (their price columns mean nothing), never
+    is_key_last, never anyone's previous price.
     """
     cols = _columns(events)
     return (
         events.select(
-            *EVENT_COLUMNS, _state_column(cols, last_prices).alias("_state"), *cols.windows
+            *EVENT_COLUMNS,
+            *REJECT_COLUMNS,
+            _state_column(cols, last_prices).alias("_state"),
+            *cols.windows,
         )
         .where(cols.keep)
         .select(*cols.results)
@@ -280,26 +322,69 @@ def to_raw_price_rows(df: DataFrame) -> DataFrame:
     """Events with price changes -> staging.raw_prices columns (COPY order) + helpers.
 
     Helpers after the table columns: price_time_us, received_at_us and is_key_last (for
-    state.py and the metrics).
+    state.py and the metrics), then REJECT_COLUMNS.
     """
     return df.select(*_columns(df).raw_rows)
 
 
-def transform_batch(kafka_df: DataFrame, last_prices: Mapping[StateKey, LastPrice]) -> DataFrame:
-    """One micro-batch of Kafka records -> rows for staging.raw_prices (see module doc).
+def transform_batch(
+    kafka_df: DataFrame, last_prices: Mapping[StateKey, LastPrice], bounds: TimeBounds
+) -> DataFrame:
+    """One micro-batch of Kafka records -> rows for staging.raw_prices and rejected records.
 
+    One DataFrame, so the batch runs one Spark action: rows with a null `reject_reason` go to
+    staging.raw_prices, the others to staging.rejected_records (stored_rows / rejected_rows
+    split it the same way in Spark; the job splits the collected Arrow table).
     Few DataFrame operations on purpose: each one is analysed again on the driver, and
     every micro-batch builds this plan anew.
     """
-    return to_raw_price_rows(with_price_changes(parse_events(kafka_df), last_prices))
+    return to_raw_price_rows(with_price_changes(parse_events(kafka_df, bounds), last_prices))
+
+
+def stored_rows(rows: DataFrame) -> DataFrame:
+    """The rows of transform_batch's output that go to staging.raw_prices."""
+    return rows.where(F.col("reject_reason").isNull())
+
+
+def rejected_rows(rows: DataFrame) -> DataFrame:
+    """The records of transform_batch's output that go to staging.rejected_records."""
+    return rows.where(F.col("reject_reason").isNotNull()).select(*REJECT_COLUMNS)
+
+
+def parse_gaps(kafka_df: DataFrame, bounds: TimeBounds) -> DataFrame:
+    """Gap reports (topic binance.gaps) -> GAP_SCHEMA fields + REJECT_COLUMNS, every record.
+
+    Unlike price events, every row keeps its Kafka coordinates (gap reports are few): the
+    sink needs them to dead-letter a row PostgreSQL itself refuses.
+    """
+    report = F.from_json(F.col("value").cast("string"), GAP_SCHEMA)
+    return (
+        kafka_df.select(report.alias("g"), *KAFKA_COLUMNS, *bound_columns(bounds))
+        .select(
+            "g",
+            first_failure(gap_rules(F.col("g"), F.col("value").cast("string"))).alias("_r"),
+            *KAFKA_COLUMNS,
+        )
+        .select(
+            "g.*",
+            F.col("_r.reason").alias("reject_reason"),
+            F.col("_r.detail").alias("reject_detail"),
+            *(F.col(c).alias(f"kafka_{c}") for c in KAFKA_COLUMNS),
+        )
+    )
 
 
 __all__ = [
     "RAW_PRICES_COLUMNS",
+    "REJECT_COLUMNS",
     "LastPrice",
     "StateKey",
+    "TimeBounds",
     "parse_events",
+    "parse_gaps",
+    "rejected_rows",
     "state_key",
+    "stored_rows",
     "to_raw_price_rows",
     "transform_batch",
     "with_price_changes",

@@ -2,7 +2,8 @@
 
 Settings come from the environment (``producer_app.config``); events go to Kafka. On
 SIGTERM or SIGINT the producer closes its connections, fills pending gaps, flushes Kafka
-and exits 0 (1 if any delivery failed, 2 if a service it needs is missing).
+and exits 0 (1 if a record was lost for good, 2 if a service it needs is missing, 3 after a
+fatal Kafka producer error: the supervisor restarts it and resume fills the downtime).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 
 from producer_app.app import Producer, RunSummary
 from producer_app.config import ProducerSettings, load_settings
-from producer_app.sink import SinkError
+from producer_app.sink import FatalSinkError, SinkError
 
 log = logging.getLogger("producer_app")
 
@@ -41,6 +42,9 @@ def main() -> int:
     configure_logging(settings.producer_log_level)
     try:
         summary = asyncio.run(run_producer(settings))
+    except FatalSinkError as err:
+        log.critical("%s", err)
+        return 3
     except SinkError as err:
         log.error("%s", err)
         return 2

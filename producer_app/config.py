@@ -8,11 +8,17 @@ names are fixed by docs/architecture.md; the producer's own knobs start with ``P
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from producer_app.events import STREAM_MINI_TICKER, STREAM_TRADE
+
+#: librdkafka settings the delivery guarantees rely on (docs/producer.md, "Kafka").
+PROTECTED_KAFKA_OPTIONS = frozenset(
+    {"enable.idempotence", "acks", "bootstrap.servers", "on_delivery", "error_cb"}
+)
 
 #: Binance allows at most 1024 streams on one connection.
 BINANCE_MAX_STREAMS_PER_CONNECTION = 1024
@@ -40,6 +46,7 @@ class ProducerSettings(BaseSettings):
     kafka_topic_prices: str = "binance.prices"
     kafka_topic_dlq: str = "binance.prices.dlq"
     kafka_topic_gaps: str = "binance.gaps"
+    kafka_topic_resume: str = "binance.resume"
     kafka_topic_partitions: int = Field(default=6, ge=1)
     binance_ws_url: str = "wss://data-stream.binance.vision"
     binance_rest_url: str = "https://api.binance.com"
@@ -75,6 +82,12 @@ class ProducerSettings(BaseSettings):
     producer_rest_page_size: int = Field(default=1000, ge=1, le=1000)
     producer_gap_grace_s: float = Field(default=2.0, ge=0)
     producer_gap_max_pages: int = Field(default=50, ge=1)
+    #: A closed gap larger than this many trade ids is not fetched (REST would take hours):
+    #: it is recorded as unfilled with its size (another feed's ids, a days-long outage).
+    producer_gap_max_trades: int = Field(default=50_000, ge=1)
+    #: A failed REST fill stays pending and is retried after base * 2**(attempt-1), capped.
+    producer_gap_retry_base_s: float = Field(default=2.0, gt=0)
+    producer_gap_retry_cap_s: float = Field(default=300.0, gt=0)
     producer_rest_timeout_s: float = Field(default=10.0, gt=0)
     producer_rest_retries: int = Field(default=3, ge=0)
     #: Pending (possibly missing) id ranges kept per symbol before the oldest is given up.
@@ -86,11 +99,26 @@ class ProducerSettings(BaseSettings):
     producer_batch_bytes: int = Field(default=1_048_576, ge=1024)
     producer_queue_max_messages: int = Field(default=500_000, ge=1000)
     producer_flush_timeout_s: float = Field(default=30.0, gt=0)
+    #: Extra librdkafka properties, ``key=value`` separated by commas (TLS/SASL of a managed
+    #: cluster, ...). The ones exactly-once relies on cannot be overridden.
+    producer_kafka_options: Annotated[tuple[tuple[str, str], ...], NoDecode] = ()
+    #: librdkafka message.timeout.ms: how long a queued message may wait for the broker's
+    #: acknowledgement before its delivery fails (docs/producer.md, "Broker outages").
+    producer_delivery_timeout_s: float = Field(default=300.0, gt=0)
     #: Seed the dedup/gap marks from the tail of the prices topic at start, so a restart
     #: neither re-produces nor silently skips trades (the replay command turns it off: a
     #: replay deliberately publishes its recording again).
     producer_resume_from_kafka: bool = True
-    producer_resume_tail_messages: int = Field(default=5000, ge=1)
+    #: Identity of the feed in the resume topic's keys: a replay's ids never become the live
+    #: feed's resume point. Empty = derived from BINANCE_WS_URL (scheme, host, port).
+    producer_feed_id: str = ""
+    #: How often acknowledged resume points are written to KAFKA_TOPIC_RESUME.
+    producer_resume_interval_s: float = Field(default=1.0, gt=0)
+    #: Event-time bounds against the producer's receive time (0 = no bound). AHEAD holds for
+    #: replays too (their times are in the past); BEHIND suits a live feed only, so the replay
+    #: command and `make demo` set it to 0 (docs/producer.md, "Out-of-range times").
+    producer_max_event_ahead_s: float = Field(default=86_400.0, ge=0)
+    producer_max_event_behind_s: float = Field(default=86_400.0, ge=0)
     #: Create missing topics at start (with KAFKA_TOPIC_PARTITIONS) when the stack did not.
     producer_create_topics: bool = True
     #: Stop (instead of reconnecting) when the server closes with 1000 "end of recording":
@@ -102,6 +130,24 @@ class ProducerSettings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("producer_kafka_options", mode="before")
+    @classmethod
+    def _kafka_options(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        options = []
+        for item in (part.strip() for part in value.split(",") if part.strip()):
+            key, sep, option = str(item).partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"PRODUCER_KAFKA_OPTIONS: {item!r} is not key=value")
+            if key.strip() in PROTECTED_KAFKA_OPTIONS:
+                raise ValueError(
+                    f"PRODUCER_KAFKA_OPTIONS: {key.strip()} cannot be changed "
+                    "(the producer's exactly-once delivery relies on it)"
+                )
+            options.append((key.strip(), option.strip()))
+        return tuple(options)
 
     @field_validator("binance_symbols")
     @classmethod
@@ -129,6 +175,14 @@ class ProducerSettings(BaseSettings):
         if self.producer_backoff_cap_s < self.producer_backoff_base_s:
             raise ValueError("PRODUCER_BACKOFF_CAP_S must be >= PRODUCER_BACKOFF_BASE_S")
         return self
+
+    @property
+    def feed_id(self) -> str:
+        """``PRODUCER_FEED_ID``, else the WebSocket URL's scheme://host:port."""
+        if self.producer_feed_id:
+            return self.producer_feed_id
+        parts = urlsplit(self.binance_ws_url)
+        return f"{parts.scheme}://{parts.hostname or ''}:{parts.port or ''}"
 
     @property
     def stream_names(self) -> tuple[str, ...]:

@@ -26,9 +26,14 @@ import orjson
 from producer_app.config import ProducerSettings
 from producer_app.events import STREAM_TRADE, GapRecord, GapStatus
 from producer_app.metrics import ProducerMetrics
-from producer_app.parser import RestTradeError, event_from_rest_trade
+from producer_app.parser import (
+    TIME_OUT_OF_RANGE,
+    RestTradeError,
+    event_from_rest_trade,
+    time_bound_violation,
+)
 from producer_app.sequence import PendingRange, SequenceTracker
-from producer_app.sink import KafkaSink
+from producer_app.sink import FatalSinkError, KafkaSink
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +109,10 @@ class GapFiller:
         self._wakeup = asyncio.Event()
         self.filled = 0
         self.unfilled = 0
+        self.failed_rounds_in_a_row = 0
         self.records: list[GapRecord] = []
+        self._max_ahead_us = int(settings.producer_max_event_ahead_s * 1_000_000)
+        self._rejected: set[tuple[str, int]] = set()
 
     def poke(self) -> None:
         """A gap may have become due earlier (tests, shutdown)."""
@@ -113,7 +121,11 @@ class GapFiller:
     async def run(self) -> None:
         while True:
             try:
-                await self.fill_due()
+                if await self._broker_ready():
+                    self._sink.resend_failed()
+                    await self.fill_due()
+            except FatalSinkError:
+                raise  # the producer ends (app.Producer.run)
             except Exception:
                 # A bug in one fill must not stop all future fills (the feed goes on either
                 # way); the range stays pending and is retried on the next round.
@@ -127,25 +139,46 @@ class GapFiller:
             except TimeoutError:
                 pass
 
+    async def _broker_ready(self) -> bool:
+        """After a failed delivery, fill nothing until the broker answers a metadata request:
+        REST trades produced into an outage would only fail (and be reopened) again."""
+        if not self._sink.outage_suspected:
+            return True
+        if await asyncio.to_thread(self._sink.broker_answers, 5.0):
+            return True
+        log.warning("Kafka does not answer; gap fills and resends wait for it")
+        return False
+
     async def fill_due(self, everything: bool = False) -> None:
         now = float("inf") if everything else time.monotonic()
         for symbol, window in self._tracker.due_ranges(now):
             await self._fill(symbol, window)
 
     async def drain(self, timeout_s: float = 60.0) -> None:
-        """Fill every pending range now, ignoring grace (end of recording, shutdown)."""
+        """Fill every pending range now, ignoring grace (end of recording, shutdown).
+
+        Ranges whose REST fill keeps failing stay pending (reported unfilled) when time is up.
+        """
         deadline = time.monotonic() + timeout_s
         while self._tracker.has_pending() and time.monotonic() < deadline:
+            if not await self._broker_ready():
+                await asyncio.sleep(1.0)
+                continue
+            self._sink.resend_failed()
             await self.fill_due(everything=True)
+            if self.failed_rounds_in_a_row >= 3:
+                break
 
     async def _fill(self, symbol: str, window: PendingRange) -> None:
         first, last = window.first, window.last
+        if last is not None and last - first + 1 > self._settings.producer_gap_max_trades:
+            self._too_large(symbol, window)
+            return
         page_size = self._settings.producer_rest_page_size
         filled = 0
         last_filled: int | None = None
         error: str | None = None
         from_id = first
-        target = last if last is not None else self._tracker.high_water_mark(symbol)
         self._metrics.gaps_detected.labels(symbol).inc()
         try:
             for _ in range(self._settings.producer_gap_max_pages):
@@ -159,6 +192,8 @@ class GapFiller:
                         continue
                     if last is not None and event.sequence_id > last:
                         break
+                    if self._out_of_range(symbol, trade, event.price_time_us, received_at_us):
+                        continue
                     if self._tracker.accept(
                         symbol, STREAM_TRADE, event.sequence_id, event.price_time_us
                     ):
@@ -179,6 +214,10 @@ class GapFiller:
             error = str(err)
             log.error("gap fill for %s from id %s failed: %s", symbol, first, err)
         self._sink.poll(0)
+        if error is not None:
+            self._failed(symbol, window, filled, last_filled, error)
+            return
+        self.failed_rounds_in_a_row = 0
 
         if last is None:
             # Reconnect window: whatever REST did not return is not known to be missing,
@@ -186,42 +225,148 @@ class GapFiller:
             # (those became a closed range through accept and are counted below).
             upper = last_filled if last_filled is not None else first - 1
             unfilled = self._tracker.missing_ids(symbol, first, upper) if upper >= first else 0
-            self._tracker.give_up(symbol, first, None)
-            if filled == 0 and unfilled == 0 and error is None:
+            if upper >= first:
+                self._tracker.give_up(symbol, first, upper)
+            self._tracker.remove(symbol, window)  # only this window: other ranges stay
+            if filled == 0 and unfilled == 0 and window.filled == 0 and not window.attempts:
                 return
             last_missing = last_filled
         else:
             unfilled = self._tracker.missing_ids(symbol, first, last)
             self._tracker.give_up(symbol, first, last)
             last_missing = last
+        total_filled = window.filled + filled
         status: GapStatus = (
-            "filled" if unfilled == 0 else ("partially_filled" if filled else "unfilled")
+            "filled" if unfilled == 0 else ("partially_filled" if total_filled else "unfilled")
         )
-        reason = window.reason if error is None else f"{window.reason}; REST: {error}"
-        record = GapRecord(
-            symbol=symbol,
-            stream=STREAM_TRADE,
-            first_missing_id=first,
-            last_missing_id=last_missing,
-            window_start_us=window.window_start_us,
-            window_end_us=window.window_end_us or time.time_ns() // 1000,
-            filled_count=filled,
-            unfilled_count=unfilled,
-            status=status,
-            reason=reason[:500],
-            detected_at_us=window.detected_at_us,
-        )
-        self._sink.produce_gap(record)
-        self.records.append(record)
+        self._report(symbol, window, last_missing, total_filled, unfilled, status, window.reason)
         self.filled += filled
         self.unfilled += unfilled
         self._metrics.gap_trades_filled.labels(symbol).inc(filled)
         if unfilled:
             self._metrics.gap_trades_unfilled.labels(symbol).inc(unfilled)
+
+    def note_rejected(self, symbol: str, trade_id: int) -> bool:
+        """Remember a dead-lettered trade id; False if it was dead-lettered before."""
+        key = (symbol, trade_id)
+        if key in self._rejected:
+            return False
+        if len(self._rejected) >= 10_000:
+            self._rejected.clear()
+        self._rejected.add(key)
+        return True
+
+    def _out_of_range(
+        self, symbol: str, trade: Any, price_time_us: int, received_at_us: int
+    ) -> bool:
+        """A REST trade from the future is dead-lettered like a live one (never produced).
+
+        Only the AHEAD bound applies: REST trades are old by nature. Each id is dead-lettered
+        once, however often a window is probed again.
+        """
+        why = time_bound_violation(price_time_us, received_at_us, self._max_ahead_us, 0)
+        if why is None:
+            return False
+        if self.note_rejected(symbol, int(trade["id"])):
+            self._metrics.dead_letters.labels(TIME_OUT_OF_RANGE).inc()
+            log.warning("dead letter (%s) from REST: %s", TIME_OUT_OF_RANGE, why)
+            self._sink.produce_dead_letter(
+                f"{TIME_OUT_OF_RANGE}: {why}",
+                orjson.dumps(trade).decode(),
+                symbol,
+                received_at_us,
+                self._rest.historical_trades_url(symbol, int(trade["id"]), 1),
+            )
+        return True
+
+    def _failed(
+        self,
+        symbol: str,
+        window: PendingRange,
+        filled: int,
+        last_filled: int | None,
+        error: str,
+    ) -> None:
+        """REST failed: the range stays pending (what was filled is no longer in it), it is
+        reported unfilled now and retried with backoff; never reported as filled."""
+        self.failed_rounds_in_a_row += 1
+        self.filled += filled
+        self._metrics.gap_trades_filled.labels(symbol).inc(filled)
+        self._metrics.gap_fill_failures.labels(symbol).inc()
+        window.attempts += 1
+        window.filled += filled
+        settings = self._settings
+        delay = min(
+            settings.producer_gap_retry_cap_s,
+            settings.producer_gap_retry_base_s * 2 ** min(window.attempts - 1, 30),
+        )
+        window.due_monotonic = time.monotonic() + delay
+        last = window.last
+        upper = last if last is not None else self._tracker.high_water_mark(symbol)
+        first = window.origin_first
+        unfilled = self._tracker.missing_ids(symbol, first, upper) if upper is not None else 0
+        status: GapStatus = "partially_filled" if window.filled else "unfilled"
+        reason = (
+            f"{window.reason}; REST failed (attempt {window.attempts}, "
+            f"retry in {delay:.0f} s): {error}"
+        )
+        self._report(symbol, window, last, window.filled, unfilled, status, reason)
+        log.warning(
+            "gap %s from %s: REST attempt %s failed, %s unfilled, retry in %.0f s",
+            symbol,
+            first,
+            window.attempts,
+            unfilled,
+            delay,
+        )
+        if last is None:
+            self._tracker.keep_open(symbol, window)  # REST got this far: retry from the mark
+
+    def _too_large(self, symbol: str, window: PendingRange) -> None:
+        """A gap REST cannot fill in reasonable time: record it unfilled with its size."""
+        assert window.last is not None  # noqa: S101 - only closed ranges have a size
+        size = window.last - window.first + 1
+        self._tracker.give_up(symbol, window.first, window.last)
+        reason = (
+            f"{window.reason}; {size} missing trade ids exceed PRODUCER_GAP_MAX_TRADES "
+            f"({self._settings.producer_gap_max_trades}): not fetched from REST"
+        )
+        self._report(symbol, window, window.last, window.filled, size, "unfilled", reason)
+        self.unfilled += size
+        self._metrics.gap_trades_unfilled.labels(symbol).inc(size)
+
+    def _report(
+        self,
+        symbol: str,
+        window: PendingRange,
+        last_missing: int | None,
+        filled: int,
+        unfilled: int,
+        status: GapStatus,
+        reason: str,
+    ) -> None:
+        # Same (symbol, stream, window start, first id) for every report of one gap, and a
+        # later detected_at, so the consumer's upsert keeps the latest verdict.
+        now_us = time.time_ns() // 1000
+        record = GapRecord(
+            symbol=symbol,
+            stream=STREAM_TRADE,
+            first_missing_id=window.origin_first,
+            last_missing_id=last_missing,
+            window_start_us=window.window_start_us,
+            window_end_us=window.window_end_us or now_us,
+            filled_count=filled,
+            unfilled_count=unfilled,
+            status=status,
+            reason=reason[:500],
+            detected_at_us=max(window.detected_at_us, now_us),
+        )
+        self._sink.produce_gap(record)
+        self.records.append(record)
         log.info(
             "gap %s %s..%s: %s filled from REST, %s unfilled (%s)",
             symbol,
-            first,
+            window.origin_first,
             last_missing,
             filled,
             unfilled,

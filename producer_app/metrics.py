@@ -82,6 +82,40 @@ class ProducerMetrics:
             ["symbol"],
             registry=r,
         )
+        self.gap_fill_failures = Counter(
+            "producer_gap_fill_failures",
+            "REST gap fills that failed (the range stays pending and is retried with backoff)",
+            ["symbol"],
+            registry=r,
+        )
+        self.gap_ranges_pending = Gauge(
+            "producer_gap_ranges_pending",
+            "Missing trade-id ranges waiting for a REST fill (incl. failed ones being retried)",
+            registry=r,
+        )
+        self.trades_reopened = Counter(
+            "producer_trades_reopened",
+            "Trades whose Kafka delivery failed, reopened as gaps for a REST fill",
+            registry=r,
+        )
+        self.events_lost = Counter(
+            "producer_events_lost",
+            "Records that could neither be delivered nor reopened/resent (should stay 0)",
+            registry=r,
+        )
+        self.resume_points_written = Counter(
+            "producer_resume_points_written",
+            "Resume points written to the compacted resume topic",
+            registry=r,
+        )
+        # Feed-silence alert (prometheus/alerts.yml): one series per subscribed (symbol, stream)
+        # from the start, so a symbol that never delivers is caught as well as one that stops.
+        self.last_event_received = Gauge(
+            "producer_last_event_received_timestamp_seconds",
+            "Unix time the newest event of the (symbol, stream) was accepted, or the start time",
+            ["symbol", "stream"],
+            registry=r,
+        )
         self.produce_latency = Histogram(
             "producer_produce_latency_seconds",
             "produce() call to broker acknowledgement",

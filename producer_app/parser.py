@@ -93,6 +93,7 @@ BAD_ID: Final = "bad_id"
 BAD_SYMBOL: Final = "bad_symbol"
 STREAM_MISMATCH: Final = "stream_mismatch"
 UNSUPPORTED: Final = "unsupported_event_type"
+TIME_OUT_OF_RANGE: Final = "time_out_of_range"
 REASON_CODES: Final = (
     INVALID_JSON,
     NOT_AN_OBJECT,
@@ -106,6 +107,7 @@ REASON_CODES: Final = (
     BAD_SYMBOL,
     STREAM_MISMATCH,
     UNSUPPORTED,
+    TIME_OUT_OF_RANGE,
 )
 
 CONTROL_SERVER_SHUTDOWN: Final = "server_shutdown"
@@ -205,6 +207,32 @@ def parse_frame(
         return DeadLetter(
             WRONG_TYPE, f"unexpected {type(err).__name__}: {err}", _raw_text(frame), None
         )
+
+
+def time_bound_violation(
+    price_time_us: int, received_at_us: int, max_ahead_us: int, max_behind_us: int
+) -> str | None:
+    """Why an event's price time is out of bounds relative to its receive time, or None.
+
+    The reason is the detail; dead letters carry it as ``time_out_of_range: <detail>``.
+
+    The bounds are relative to the producer's clock at receipt (0 = unbounded): an event
+    from the future is wrong for any feed (a replay's times are in the past), one far in
+    the past only for a live feed (docs/producer.md, "Out-of-range times").
+    """
+    if max_ahead_us and price_time_us > received_at_us + max_ahead_us:
+        return (
+            f"event time {price_time_us} µs is "
+            f"{(price_time_us - received_at_us) / 1e6:.0f} s after its receive time "
+            f"{received_at_us} (bound PRODUCER_MAX_EVENT_AHEAD_S = {max_ahead_us / 1e6:.0f})"
+        )
+    if max_behind_us and price_time_us < received_at_us - max_behind_us:
+        return (
+            f"event time {price_time_us} µs is "
+            f"{(received_at_us - price_time_us) / 1e6:.0f} s before its receive time "
+            f"{received_at_us} (bound PRODUCER_MAX_EVENT_BEHIND_S = {max_behind_us / 1e6:.0f})"
+        )
+    return None
 
 
 def _fast_trade(msg: Any, received_at_us: int) -> ParsedEvent | None:

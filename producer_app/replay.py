@@ -59,6 +59,8 @@ def replay_settings(
         producer_stop_at_end_of_recording=True,
         # A replay publishes its recording again on purpose (the consumer's sink is idempotent).
         producer_resume_from_kafka=False,
+        # A replay publishes history: its event times are years behind the receive time.
+        producer_max_event_behind_s=0,
     )
     values.update(overrides)
     return ProducerSettings(**values)

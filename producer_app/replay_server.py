@@ -12,7 +12,15 @@ line, see recordings/README.md); it goes to WebSocket clients on
 * ``GET /api/v3/historicalTrades?symbol=X&fromId=N&limit=L`` on the same port: trades of
   the recording the feed has already reached (sent or skipped), shaped like Binance's
   "Old trade lookup" (``id, price, qty, quoteQty, time, isBuyerMaker, isBestMatch``),
-  ``time`` in ms, or in µs with header ``X-MBX-TIME-UNIT: MICROSECOND``.
+  ``time`` in ms, or in µs with header ``X-MBX-TIME-UNIT: MICROSECOND``;
+* ``GET /api/v3/klines?symbol=X&interval=1m&startTime=&endTime=&limit=`` (Binance's
+  "Kline/Candlestick data": arrays ``[open time, open, high, low, close, volume, close time,
+  quote volume, trades, taker buy base, taker buy quote, "0"]``, decimals as strings, limit
+  500 by default, 1000 at most, intervals 1m .. 1d), computed from the same past trades: every
+  bucket from the symbol's first trade to its newest past one, a bucket without trades
+  carrying the previous close with zero volume, as Binance does;
+* ``GET /api/v3/time``: ``{"serverTime": ms}``, the event time the feed has reached (the
+  recording's clock), or the wall clock once the recording is finished (all of it is past).
 
 The feed behaves like a live market shared by all clients: one cursor walks the recording
 (paced by the frames' event times divided by ``--speed``, or as fast as clients read
@@ -95,6 +103,23 @@ MALFORMED_FRAMES: Final[tuple[tuple[bytes, str], ...]] = (
         "unsupported_event_type",
     ),
 )
+
+
+#: Kline intervals the replay server answers, in ms (Binance's fixed-length ones up to 1d).
+KLINE_INTERVALS_MS: Final[dict[str, int]] = {
+    "1m": 60_000,
+    "3m": 180_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "30m": 1_800_000,
+    "1h": 3_600_000,
+    "2h": 7_200_000,
+    "4h": 14_400_000,
+    "6h": 21_600_000,
+    "8h": 28_800_000,
+    "12h": 43_200_000,
+    "1d": 86_400_000,
+}
 
 
 class RecordingError(ValueError):
@@ -190,6 +215,86 @@ def load_recording(source: str | Path | Iterable[bytes]) -> Recording:
     )
 
 
+def _trade_time_ms(trade: RecordedTrade) -> int:
+    return trade.time // 1000 if trade.time >= 10**14 else trade.time
+
+
+def _plain(value: Decimal) -> str:
+    return format(value, "f")
+
+
+def compute_klines(
+    trades: Sequence[RecordedTrade],
+    interval_ms: int,
+    start_ms: int | None,
+    end_ms: int | None,
+    limit: int,
+) -> list[list[Any]]:
+    """Binance-shaped klines of trades given in (time, id) order.
+
+    Buckets are UTC-aligned (open time a multiple of the interval), from the first trade's
+    bucket to the last one's; a bucket without trades has open = high = low = close = the
+    previous close and zero volume and count, as Binance reports quiet minutes. Selection as
+    Binance: open time in [startTime, endTime]; without startTime, the newest `limit`.
+    """
+    if not trades:
+        return []
+    first_open = _trade_time_ms(trades[0]) // interval_ms * interval_ms
+    last_open = _trade_time_ms(trades[-1]) // interval_ms * interval_ms
+    lo = (
+        first_open
+        if start_ms is None
+        else max(first_open, -(-start_ms // interval_ms) * interval_ms)
+    )
+    hi = last_open if end_ms is None else min(last_open, end_ms // interval_ms * interval_ms)
+    if lo > hi:
+        return []
+    if start_ms is None:
+        lo = max(lo, hi - (limit - 1) * interval_ms)
+    hi = min(hi, lo + (limit - 1) * interval_ms)
+    times = [_trade_time_ms(t) for t in trades]
+    index = bisect.bisect_left(times, lo)
+    previous_close = trades[index - 1].price if index > 0 else trades[0].price
+    rows: list[list[Any]] = []
+    zero = Decimal(0)
+    for open_ms in range(lo, hi + 1, interval_ms):
+        end = bisect.bisect_left(times, open_ms + interval_ms, lo=index)
+        bucket = trades[index:end]
+        index = end
+        if bucket:
+            prices = [Decimal(t.price) for t in bucket]
+            qtys = [Decimal(t.qty) for t in bucket]
+            quote = [p * q for p, q in zip(prices, qtys, strict=True)]
+            taker = [i for i, t in enumerate(bucket) if not t.is_buyer_maker]
+            previous_close = bucket[-1].price
+            values = [
+                bucket[0].price,
+                _plain(max(prices)),
+                _plain(min(prices)),
+                bucket[-1].price,
+                _plain(sum(qtys, zero)),
+                _plain(sum(quote, zero)),
+                len(bucket),
+                _plain(sum((qtys[i] for i in taker), zero)),
+                _plain(sum((quote[i] for i in taker), zero)),
+            ]
+        else:
+            close = previous_close
+            values = [close, close, close, close, "0", "0", 0, "0", "0"]
+        rows.append(
+            [
+                open_ms,
+                *values[:5],
+                open_ms + interval_ms - 1,
+                values[5],
+                values[6],
+                *values[7:],
+                "0",
+            ]
+        )
+    return rows
+
+
 @dataclass
 class FaultPlan:
     """One-shot faults keyed by global frame index (0-based: "after N frames")."""
@@ -203,6 +308,7 @@ class FaultPlan:
     skip_frames: tuple[int, int] | None = None  # [a, b) withheld from WS, served on REST
     rest_missing_ids: frozenset[int] = frozenset()
     rest_unavailable: bool = False
+    rest_fail_first: int = 0  # the first N historicalTrades requests answer 503
 
 
 @dataclass
@@ -257,6 +363,7 @@ class ReplayServer:
         self._feed_task: asyncio.Task[None] | None = None
         self.host = "127.0.0.1"
         self.port = 0
+        self._by_time: dict[str, list[RecordedTrade]] = {}  # klines: trades in time order
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -302,19 +409,88 @@ class ReplayServer:
         parts = urlsplit(request.path)
         if parts.path.startswith("/ws/") or parts.path == "/stream":
             return None  # WebSocket handshake continues in _handle
-        if parts.path == "/api/v3/historicalTrades":
+        endpoints = {
+            "/api/v3/historicalTrades": self.historical_trades,
+            "/api/v3/klines": self.klines,
+            "/api/v3/time": self.server_time,
+        }
+        endpoint = endpoints.get(parts.path)
+        if endpoint is not None:
             self.stats.rest_requests += 1
-            status, body = self.historical_trades(parts.query, request.headers)
+            status, body = endpoint(parts.query, request.headers)
             headers = Headers(
                 [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
             )
             return Response(status.value, status.phrase, headers, body)
         return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
 
+    def _past(self, trade: RecordedTrade) -> bool:
+        """Whether the feed has reached this trade (REST serves only the past, as Binance)."""
+        return self.finished.is_set() or trade.frame_index < self.cursor
+
+    def server_time(self, query: str, headers: Headers | None = None) -> tuple[HTTPStatus, bytes]:
+        """``/api/v3/time``: the recording's clock, or the wall clock once it is all past."""
+        del query, headers
+        if self.finished.is_set() or not self.recording.event_times_s:
+            now_ms = int(time.time() * 1000)
+        else:
+            index = min(max(self.cursor - 1, 0), len(self.recording.event_times_s) - 1)
+            now_ms = int(self.recording.event_times_s[index] * 1000)
+        return HTTPStatus.OK, orjson.dumps({"serverTime": now_ms})
+
+    def klines(self, query: str, headers: Headers | None = None) -> tuple[HTTPStatus, bytes]:
+        """``/api/v3/klines`` computed from the past trades of the recording (module doc)."""
+        if self.faults.rest_unavailable:
+            return HTTPStatus.SERVICE_UNAVAILABLE, orjson.dumps(
+                {"code": -1001, "msg": "Internal error"}
+            )
+        params = parse_qs(query)
+        symbol = (params.get("symbol") or [""])[0]
+        interval = (params.get("interval") or [""])[0]
+        if not symbol or not interval:
+            missing = "symbol" if not symbol else "interval"
+            return HTTPStatus.BAD_REQUEST, orjson.dumps(
+                {"code": -1102, "msg": f"Mandatory parameter '{missing}' was not sent."}
+            )
+        if interval not in KLINE_INTERVALS_MS:
+            return HTTPStatus.BAD_REQUEST, orjson.dumps({"code": -1120, "msg": "Invalid interval."})
+        if symbol not in self.recording.trades:
+            return HTTPStatus.BAD_REQUEST, orjson.dumps({"code": -1121, "msg": "Invalid symbol."})
+        try:
+            limit = min(max(int((params.get("limit") or ["500"])[0]), 1), 1000)
+            start_ms = int(params["startTime"][0]) if "startTime" in params else None
+            end_ms = int(params["endTime"][0]) if "endTime" in params else None
+        except ValueError:
+            return HTTPStatus.BAD_REQUEST, orjson.dumps(
+                {"code": -1100, "msg": "Illegal characters in parameter."}
+            )
+        micro = (
+            headers is not None and str(headers.get("X-MBX-TIME-UNIT", "")).upper() == "MICROSECOND"
+        )
+        rows = compute_klines(
+            [t for t in self._trades_by_time(symbol) if self._past(t)],
+            KLINE_INTERVALS_MS[interval],
+            start_ms,
+            end_ms,
+            limit,
+        )
+        if micro:
+            rows = [[r[0] * 1000, *r[1:6], r[6] * 1000 + 999, *r[7:]] for r in rows]
+        return HTTPStatus.OK, orjson.dumps(rows)
+
+    def _trades_by_time(self, symbol: str) -> list[RecordedTrade]:
+        cached = self._by_time.get(symbol)
+        if cached is None:
+            cached = sorted(
+                self.recording.trades[symbol], key=lambda t: (_trade_time_ms(t), t.trade_id)
+            )
+            self._by_time[symbol] = cached
+        return cached
+
     def historical_trades(
         self, query: str, headers: Headers | None = None
     ) -> tuple[HTTPStatus, bytes]:
-        if self.faults.rest_unavailable:
+        if self.faults.rest_unavailable or self.stats.rest_requests <= self.faults.rest_fail_first:
             return HTTPStatus.SERVICE_UNAVAILABLE, orjson.dumps(
                 {"code": -1001, "msg": "Internal error"}
             )
@@ -582,6 +758,11 @@ def build_arg_parser(default_host: str, default_port: int) -> argparse.ArgumentP
     parser.add_argument(
         "--exit-at-end", action="store_true", help="exit once the recording is exhausted"
     )
+    parser.add_argument(
+        "--rest-only",
+        action="store_true",
+        help="no feed: the whole recording is past at once (REST: klines, trades, time)",
+    )
     parser.add_argument("--drop-after", type=int)
     parser.add_argument("--drop-skip", type=int, default=0)
     parser.add_argument("--shutdown-after", type=int)
@@ -592,6 +773,9 @@ def build_arg_parser(default_host: str, default_port: int) -> argparse.ArgumentP
     )
     parser.add_argument(
         "--rest-missing-ids", default="", help="comma-separated trade ids REST will not return"
+    )
+    parser.add_argument(
+        "--rest-fail-first", type=int, default=0, help="the first N REST requests answer 503"
     )
     return parser
 
@@ -606,6 +790,7 @@ async def _serve_forever(args: argparse.Namespace) -> int:
         malformed_after=args.malformed_after,
         skip_frames=args.skip_frames,
         rest_missing_ids=frozenset(int(x) for x in args.rest_missing_ids.split(",") if x.strip()),
+        rest_fail_first=args.rest_fail_first,
     )
     server = ReplayServer(
         recording,
@@ -615,6 +800,8 @@ async def _serve_forever(args: argparse.Namespace) -> int:
         args.ping_timeout,
         not args.no_close_at_end,
     )
+    if args.rest_only:
+        server.finished.set()  # the exchange's view of a day that is over
     await server.start(args.host, args.port)
     print(
         f"replay server on {server.ws_url} (REST {server.rest_url}), {len(recording.lines)} frames",

@@ -22,6 +22,7 @@ ms, so jumps are normal and never a gap).
 
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass, field
 
@@ -40,6 +41,8 @@ class PendingRange:
     due_monotonic: float  # when the gap filler may start on it
     reason: str
     origin_first: int = field(default=-1)  # first id when detected (ranges split as ids arrive)
+    attempts: int = 0  # REST fills that failed so far (backoff)
+    filled: int = 0  # trades filled by earlier, partly successful attempts
 
     def __post_init__(self) -> None:
         if self.origin_first < 0:
@@ -62,6 +65,8 @@ class SequenceTracker:
         self._trades: dict[str, _SymbolState] = {}
         self._tickers: dict[str, int] = {}
         self.gaps_detected = 0
+        #: (symbol, old mark, new id) of each id-space change, for the producer to report.
+        self.id_space_resets: list[tuple[str, int, int]] = []
 
     # -- hot path --------------------------------------------------------------------
     def accept(self, symbol: str, stream: str, sequence_id: int, price_time_us: int) -> bool:
@@ -84,7 +89,15 @@ class SequenceTracker:
         if sequence_id > hwm:
             self._advance(symbol, state, sequence_id, price_time_us)
             return True
-        return self._claim_below(state, sequence_id)
+        if self._claim_below(state, sequence_id):
+            return True
+        if price_time_us > state.last_price_time_us:
+            # A lower id with a LATER time cannot happen within one id space (ids grow with
+            # time): the feed changed (another recording, another exchange). Start over at it.
+            self.id_space_resets.append((symbol, hwm, sequence_id))
+            self.reset(symbol, sequence_id, price_time_us)
+            return True
+        return False
 
     # -- range bookkeeping -------------------------------------------------------------------
     def _advance(
@@ -182,6 +195,69 @@ class SequenceTracker:
             )
         )
 
+    def reopen(self, symbol: str, sequence_id: int, price_time_us: int, reason: str) -> bool:
+        """A trade marked produced was NOT delivered: make its id pending again (REST fills it).
+
+        Failed ids come in id order per symbol (one partition, in order), so consecutive ones
+        extend the previous range and a long outage costs one range, not one per trade.
+        Returns False when the id is not below the mark (nothing to reopen).
+        """
+        state = self._trades.get(symbol)
+        if state is None or sequence_id > state.hwm:
+            return False
+        pending = state.pending
+        index = bisect.bisect_left([w.first for w in pending], sequence_id)
+        if index > 0:
+            before = pending[index - 1]
+            if before.last is None or before.last >= sequence_id:
+                return True  # already pending
+            if before.last == sequence_id - 1 and before.reason == reason and not before.attempts:
+                before.last = sequence_id
+                before.window_end_us = max(before.window_end_us, price_time_us)
+                return True
+        if index < len(pending) and pending[index].first == sequence_id:
+            return True
+        pending.insert(
+            index,
+            PendingRange(
+                first=sequence_id,
+                last=sequence_id,
+                window_start_us=price_time_us,
+                window_end_us=price_time_us,
+                detected_at_us=time.time_ns() // 1000,
+                due_monotonic=time.monotonic() + self._grace,
+                reason=reason,
+            ),
+        )
+        self.gaps_detected += 1
+        return True
+
+    def keep_open(self, symbol: str, window: PendingRange) -> None:
+        """Keep an open window pending from the current mark on (trades REST filled before a
+        failure advanced the mark and closed the window object)."""
+        state = self._trades.get(symbol)
+        if state is None:
+            return
+        if state.pending and state.pending[-1].last is None:
+            if state.pending[-1] is not window:
+                state.pending[-1].attempts = window.attempts
+            return
+        window.first = state.hwm + 1
+        state.pending.append(window)
+
+    def remove(self, symbol: str, window: PendingRange) -> None:
+        """Forget exactly this range (an open window REST has caught up with)."""
+        state = self._trades.get(symbol)
+        if state is not None:
+            state.pending = [w for w in state.pending if w is not window]
+
+    def reset(self, symbol: str, sequence_id: int, price_time_us: int) -> list[PendingRange]:
+        """The symbol's ids start again elsewhere (another feed): new mark, old ranges returned."""
+        state = self._trades.get(symbol)
+        dropped = state.pending if state is not None else []
+        self._trades[symbol] = _SymbolState(sequence_id, price_time_us)
+        return dropped
+
     # -- for the gap filler --------------------------------------------------------------------
     def due_ranges(self, now_monotonic: float | None = None) -> list[tuple[str, PendingRange]]:
         """Pending trade ranges whose grace period is over (all of them if now is inf)."""
@@ -192,6 +268,17 @@ class SequenceTracker:
             for window in state.pending
             if window.due_monotonic <= now
         ]
+
+    def floor(self, symbol: str, stream: str = STREAM_TRADE) -> tuple[int, int] | None:
+        """(id, price time) below the first pending id of the symbol, or None if none pends."""
+        state = self._trades.get(symbol) if stream == STREAM_TRADE else None
+        if state is None or not state.pending:
+            return None
+        first = state.pending[0]
+        return first.first - 1, first.window_start_us
+
+    def pending_count(self) -> int:
+        return sum(len(state.pending) for state in self._trades.values())
 
     def has_pending(self) -> bool:
         return any(state.pending for state in self._trades.values())

@@ -7,7 +7,7 @@ against the topic's end offsets, because Spark's Kafka source commits no consume
 
 Usage:
     kafka_admin.py ping [--timeout S]
-    kafka_admin.py ensure-topics NAME:PARTITIONS ...
+    kafka_admin.py ensure-topics NAME:PARTITIONS[:compact] ...
     kafka_admin.py delete-topics NAME ...
     kafka_admin.py lag --topic T --checkpoint DIR
 """
@@ -48,9 +48,15 @@ def ensure_topics(specs: list[str]) -> None:
     existing = client.list_topics(timeout=10).topics
     wanted = []
     for spec in specs:
-        name, _, partitions = spec.partition(":")
+        name, _, rest = spec.partition(":")
+        partitions, _, policy = rest.partition(":")
+        config = {"cleanup.policy": "compact"} if policy == "compact" else {}
         if name not in existing:
-            wanted.append(NewTopic(name, num_partitions=int(partitions or 1), replication_factor=1))
+            wanted.append(
+                NewTopic(
+                    name, num_partitions=int(partitions or 1), replication_factor=1, config=config
+                )
+            )
     if not wanted:
         print("topics already exist:", ", ".join(s.split(":")[0] for s in specs))
         return

@@ -8,24 +8,34 @@ with a message naming the service and `make services`.
 Fixtures:
     pg_admin_dsn (session)  superuser conninfo of the server's `postgres` maintenance database
     pg_dsn (function)       conninfo of a FRESH database with init.sql applied, dropped afterwards
-    redis_url (session)     redis://host:port/db ;  redis_prefix (function): unique key prefix
+    redis_url (session)     redis://:password@host:port/db; redis_prefix (function): key prefix
     kafka_bootstrap (session), make_topic (function): make_topic(partitions=6) -> unique topic name
     spark_jars (session)    comma-separated Kafka connector jar paths for spark.jars
+    private_kafka (function) a throw-away broker of our own (PrivateKafka), for freeze drills
+    spark (session)         a local SparkSession for unit tests of the consumer's transforms
     stack_env (session)     the resolved settings as environment variables (for subprocesses)
+    spark_cluster (session) a Spark standalone master + worker on loopback (tests/spark_cluster.py)
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
 from psycopg import sql
+
+pytest_plugins = ("spark_cluster",)
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / ".local"
@@ -53,24 +63,29 @@ HOW_TO_START = (
 
 
 def _read_dotenv(path: Path) -> dict[str, str]:
-    """KEY=value lines of .env; comments and blank lines ignored, surrounding quotes dropped."""
-    values: dict[str, str] = {}
+    """KEY=value lines of .env, read as scripts/stack.sh and docker compose read them.
+
+    python-dotenv without interpolation: "double quoted" (backslash escapes), 'single quoted'
+    (literal), bare values end at a " #" comment; tests/unit/test_stack_files.py checks that
+    the stack's own reader agrees.
+    """
+    from dotenv import dotenv_values
+
     if not path.is_file():
-        return values
-    for raw_line in path.read_text().splitlines():
-        line = raw_line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        value = value.split(" #", 1)[0].strip().strip("'\"")
-        values[key.strip()] = value
-    return values
+        return {}
+    return {k: v or "" for k, v in dotenv_values(path, interpolate=False).items()}
 
 
 def _settings() -> dict[str, str]:
     merged = dict(DEFAULTS)
     merged.update(_read_dotenv(ROOT / ".env"))
-    merged.update({k: v for k, v in os.environ.items() if k in merged or k.startswith("POSTGRES_")})
+    merged.update(
+        {
+            k: v
+            for k, v in os.environ.items()
+            if k in merged or k.startswith(("POSTGRES_", "PIPELINE_", "REDIS_"))
+        }
+    )
     return merged
 
 
@@ -225,13 +240,21 @@ def pg_dsn(pg_admin_dsn: str, _pg_template: str) -> Iterator[str]:
 def redis_url() -> str:
     import redis
 
-    url = f"redis://{SETTINGS['REDIS_HOST']}:{SETTINGS['REDIS_PORT']}/{SETTINGS['REDIS_DB']}"
+    where = f"{SETTINGS['REDIS_HOST']}:{SETTINGS['REDIS_PORT']}/{SETTINGS['REDIS_DB']}"
+    password = SETTINGS.get("REDIS_PASSWORD", "")
+    # redis-py percent-decodes the URL's password, so any character survives
+    url = f"redis://:{quote(password, safe='')}@{where}" if password else f"redis://{where}"
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=3)
         client.ping()
         client.close()
+    except redis.AuthenticationError as err:
+        pytest.fail(
+            f"Redis at {where} refused REDIS_PASSWORD from .env: {err}; rerun `make services`",
+            pytrace=False,
+        )
     except redis.RedisError as err:
-        pytest.fail(f"Redis is not reachable at {url}: {err}; {HOW_TO_START}", pytrace=False)
+        pytest.fail(f"Redis is not reachable at {where}: {err}; {HOW_TO_START}", pytrace=False)
     return url
 
 
@@ -348,3 +371,178 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if layer and layer[0] in {"unit", "integration", "e2e"}:
             if item.get_closest_marker(layer[0]) is None:
                 item.add_marker(getattr(pytest.mark, layer[0]))
+
+
+# ----------------------------------------------------------------------------- private Kafka
+# A throw-away single-node KRaft broker, for drills that freeze or kill the broker: its pid is
+# ours alone, so SIGSTOP cannot disturb the stack's broker or another session's tests.
+
+
+def _ephemeral_port() -> int:
+    """A port the kernel just handed out as free (ephemeral range: no service is set up there)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateKafka:
+    """A Kafka broker + controller in `directory`, started from the stack's broker jars."""
+
+    def __init__(self, directory: Path, jars: Path) -> None:
+        self.directory = directory
+        self.jars = jars
+        self.port = _ephemeral_port()
+        self.controller_port = _ephemeral_port()
+        self.log_path = directory / "kafka.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _java(self, *args: str) -> list[str]:
+        return [
+            "java",
+            "-Xms256m",
+            "-Xmx512m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}",
+            "-cp",
+            f"{self.jars}/*",
+            *args,
+        ]
+
+    def start(self, timeout: float = 120) -> None:
+        import base64
+
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        properties = self.directory / "server.properties"
+        properties.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={self.directory / 'data'}",
+                    "offsets.topic.replication.factor=1",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                    "",
+                ]
+            )
+        )
+        (self.directory / "log4j2.properties").write_text(
+            "status = warn\n"
+            "appender.console.type = Console\n"
+            "appender.console.name = STDOUT\n"
+            "appender.console.layout.type = PatternLayout\n"
+            "appender.console.layout.pattern = [%d{ISO8601}{UTC}] %p %m (%c)%n\n"
+            "rootLogger.level = WARN\n"
+            "rootLogger.appenderRef.stdout.ref = STDOUT\n"
+        )
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        with self.log_path.open("ab") as log:
+            subprocess.run(  # noqa: S603 - fixed arguments, our own files
+                self._java(
+                    "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=True,
+                timeout=timeout,
+            )
+            self.process = subprocess.Popen(  # noqa: S603 - fixed arguments, our own files
+                self._java("kafka.Kafka", str(properties)),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                if admin.list_topics(timeout=2).brokers:
+                    return
+            except KafkaException:
+                pass
+            time.sleep(0.5)
+        log_tail = self.log_path.read_text(errors="replace")[-3000:]
+        self.stop()
+        pytest.fail(f"the private Kafka broker did not start; its log:\n{log_tail}", pytrace=False)
+
+    def freeze(self) -> None:
+        """SIGSTOP the broker: its sockets stay open and nothing answers (a hung broker)."""
+        assert self.process is not None  # noqa: S101 - start() ran
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None  # noqa: S101 - start() ran
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.thaw()  # a stopped JVM cannot act on SIGTERM
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(30)
+
+
+@pytest.fixture
+def private_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateKafka]:
+    """A fresh single-node broker on kernel-chosen ports, stopped (and thawed) afterwards."""
+    jars = LOCAL / "jars" / "kafka"
+    if not any(jars.glob("kafka_*.jar")):
+        pytest.fail(f"the Kafka broker jars are missing in {jars}; {HOW_TO_START}", pytrace=False)
+    broker = PrivateKafka(tmp_path_factory.mktemp("private_kafka"), jars)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+# ----------------------------------------------------------------------------- local Spark
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """One local SparkSession for the consumer's unit tests of pure transforms.
+
+    local[2], UTC, two shuffle partitions, no UI, and the optimizer setting of the consumer
+    job (consumer_app.job.build_spark) so the plans match. Session scope: it takes seconds
+    to start, and the transform and fuzz tests share it.
+    """
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("consumer_unit_tests")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.optimizer.enableJsonExpressionOptimization", "false")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

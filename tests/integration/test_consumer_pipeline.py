@@ -101,8 +101,9 @@ def _utc(us: int) -> dt.datetime:
 def expected_rows(trades: list[Trade]) -> list[tuple[Any, ...]]:
     """All columns of staging.raw_prices except ingested_at, computed in plain Python."""
     rows = []
-    previous: Decimal | None = None
+    last: dict[str, Decimal] = {}  # previous price per symbol
     for trade in sorted(trades, key=lambda t: (t.symbol, t.trade_time_us, t.trade_id)):
+        previous = last.get(trade.symbol)
         price = Decimal(trade.price)
         change = None if previous is None else price - previous
         pct = (
@@ -127,7 +128,7 @@ def expected_rows(trades: list[Trade]) -> list[tuple[Any, ...]]:
                 "ws",
             )
         )
-        previous = price
+        last[trade.symbol] = price
     return rows
 
 
@@ -248,6 +249,7 @@ def consumer_env(
         "REDIS_HOST": str(redis_params.get("host", "127.0.0.1")),
         "REDIS_PORT": str(redis_params.get("port", 6379)),
         "REDIS_DB": str(redis_params.get("db", 0)),
+        "REDIS_PASSWORD": str(redis_params.get("password") or ""),
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_TOPIC_PRICES": topic,
         "KAFKA_TOPIC_GAPS": f"{topic}.gaps.absent",

@@ -87,7 +87,12 @@ def read_topic(
 
 @pytest.fixture
 def topics(make_topic: Callable[..., str]) -> dict[str, str]:
-    return {"prices": make_topic(6), "dlq": make_topic(1), "gaps": make_topic(1)}
+    return {
+        "prices": make_topic(6),
+        "dlq": make_topic(1),
+        "gaps": make_topic(1),
+        "resume": make_topic(1),
+    }
 
 
 def _settings(kafka_bootstrap: str, topics: dict[str, str], **extra: object) -> ProducerSettings:
@@ -96,6 +101,9 @@ def _settings(kafka_bootstrap: str, topics: dict[str, str], **extra: object) -> 
         "kafka_topic_prices": topics["prices"],
         "kafka_topic_dlq": topics["dlq"],
         "kafka_topic_gaps": topics["gaps"],
+        "kafka_topic_resume": topics["resume"],
+        # one feed across the test's replay servers (each listens on another port)
+        "producer_feed_id": "test-replay",
         "producer_metrics_port": 0,
         "producer_backoff_base_s": 0.05,
         "producer_gap_grace_s": 0.5,

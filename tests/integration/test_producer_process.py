@@ -13,16 +13,15 @@ import gzip
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_producer_faults import read_topic  # same directory (pytest prepend import mode)
+from drill import free_port, metric  # same directory (pytest prepend import mode)
+from test_producer_faults import read_topic
 
 from producer_app.events import PriceEvent
 
@@ -30,23 +29,6 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "trxusdt-trade-2025-03-04.jsonl.gz"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _metric(port: int, name: str) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:  # noqa: S310
-            for line in response.read().decode().splitlines():
-                if line.startswith(name + " "):
-                    return float(line.split()[1])
-    except OSError:
-        return 0.0
-    return 0.0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -59,8 +41,8 @@ def test_signal_flushes_and_exits_cleanly(
     recording.write_text(
         "".join(json.dumps({"stream": "trxusdt@trade", "data": p}) + "\n" for p in payloads)
     )
-    replay_port, metrics_port = _free_port(), _free_port()
-    topics = {"prices": make_topic(6), "dlq": make_topic(1), "gaps": make_topic(1)}
+    replay_port, metrics_port = free_port(), free_port()
+    topics = {p: make_topic(6 if p == "prices" else 1) for p in ("prices", "dlq", "gaps", "resume")}
     server = subprocess.Popen(  # noqa: S603 - our own module
         [
             sys.executable,
@@ -83,6 +65,8 @@ def test_signal_flushes_and_exits_cleanly(
         KAFKA_TOPIC_PRICES=topics["prices"],
         KAFKA_TOPIC_DLQ=topics["dlq"],
         KAFKA_TOPIC_GAPS=topics["gaps"],
+        KAFKA_TOPIC_RESUME=topics["resume"],
+        PRODUCER_MAX_EVENT_BEHIND_S="0",
         BINANCE_WS_URL=f"ws://127.0.0.1:{replay_port}",
         BINANCE_REST_URL=f"http://127.0.0.1:{replay_port}",
         BINANCE_SYMBOLS="TRXUSDT",
@@ -102,7 +86,7 @@ def test_signal_flushes_and_exits_cleanly(
             stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 60
-        while _metric(metrics_port, "producer_frames_received_total") < 2000:
+        while metric(metrics_port, "producer_frames_received_total") < 2000:
             assert producer.poll() is None, producer.communicate(timeout=5)[1].decode()[-2000:]
             assert time.monotonic() < deadline, "the producer received no frames in 60 s"
             time.sleep(0.2)

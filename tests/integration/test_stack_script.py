@@ -75,9 +75,9 @@ def test_a_taken_port_stops_with_one_line_naming_port_owner_and_setting(
     assert len(errors) == 1, result.stderr
     assert f"port {held_port} for PostgreSQL is taken" in errors[0]
     assert "POSTGRES_PORT" in errors[0]
-    # Nothing was started: no data directory, no pid files.
+    # Nothing was started: no data directory, no supervisor.
     assert not (scratch_stack / ".local" / "postgres").exists()
-    assert not list((scratch_stack / ".local").glob("run/*.pid"))
+    assert not list((scratch_stack / ".local").glob("run/supervisor*"))
 
 
 def test_not_enough_disk_stops_with_one_line_naming_the_fix(scratch_stack: Path) -> None:
@@ -94,10 +94,23 @@ def test_an_unknown_verb_lists_the_verbs(scratch_stack: Path) -> None:
     assert "unknown verb 'frobnicate'" in result.stderr and "services" in result.stderr
 
 
+def _supervised_pids() -> dict[str, str]:
+    """The pids supervisord reports for the services (scripts/stack_processes.py)."""
+    result = subprocess.run(  # noqa: S603 - our own helper
+        [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "stack_processes.py"),
+         "--socket", str(ROOT / ".local" / "run" / "supervisor.sock"),
+         "pid", "postgres", "redis", "kafka"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    pids = dict(zip(("postgres", "redis", "kafka"), result.stdout.split(), strict=True))
+    assert all(pid != "0" for pid in pids.values()), pids
+    return pids
+
+
 def test_services_twice_is_safe_and_keeps_the_running_servers(
     pg_admin_dsn: str, redis_url: str, kafka_bootstrap: str
 ) -> None:
-    before = (ROOT / ".local" / "run" / "kafka.pid").read_text()
+    before = _supervised_pids()
     result = subprocess.run(  # noqa: S603 - our own script
         [str(ROOT / "scripts" / "stack.sh"), "services"],
         capture_output=True,
@@ -109,4 +122,4 @@ def test_services_twice_is_safe_and_keeps_the_running_servers(
     assert "PostgreSQL already running" in result.stderr
     assert "Redis already running" in result.stderr
     assert "Kafka already running" in result.stderr
-    assert (ROOT / ".local" / "run" / "kafka.pid").read_text() == before
+    assert _supervised_pids() == before

@@ -240,3 +240,27 @@ def test_unfilled_gaps_view_lists_only_gaps_left_open(conn: psycopg.Connection) 
         (200, 3, date(2024, 6, 1), date(2024, 6, 2)),
         (300, 9, date(2024, 6, 1), date(2024, 6, 2)),
     ]
+
+
+def test_feed_gaps_counts_fit_a_gap_between_two_id_spaces(conn: psycopg.Connection) -> None:
+    """Issue 12 item 3: a database made with integer counts is migrated in place, safely twice."""
+    conn.execute("drop view analytics.unfilled_gaps")  # back to the schema before the change
+    conn.execute(
+        "alter table staging.feed_gaps alter column filled_count type integer,"
+        " alter column unfilled_count type integer"
+    )
+    conn.execute(INIT_SQL.read_text())
+    conn.execute(INIT_SQL.read_text())
+    # BTCUSDT's live ids (~4.6e9) after a 2020 replay's (~2.3e8): a gap of billions.
+    size = 4_600_000_000 - 226_000_000
+    conn.execute(
+        """
+        insert into staging.feed_gaps (symbol, stream, first_missing_id, last_missing_id,
+            window_start, window_end, filled_count, unfilled_count, status, reason, detected_at)
+        values ('BTCUSDT', 'trade', 226000001, 4599999999, now(), now(), 0, %s, 'unfilled',
+                'too large', now())
+        """,
+        (size,),
+    )
+    row = conn.execute("select unfilled_count from analytics.unfilled_gaps").fetchone()
+    assert row == (size,)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import gzip
 import importlib
 import importlib.metadata
 import importlib.util
@@ -38,6 +39,8 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
+DEMO_FILE = ROOT / "docker-compose.demo.yaml"
+STANDINS = ROOT / "docker" / "standins"
 ENV_EXAMPLE = ROOT / ".env.example"
 LOCK_FILE = ROOT / "requirements" / "requirements.lock"
 POM_FILE = ROOT / "pom.xml"
@@ -48,9 +51,47 @@ PRODUCER_DOCKERFILE = ROOT / "producer_app" / "Dockerfile"
 CONSUMER_DOCKERFILE = ROOT / "consumer_app" / "Dockerfile"
 AIRFLOW_DOCKERFILE = ROOT / "airflow" / "Dockerfile"
 DOCKERFILES = (PRODUCER_DOCKERFILE, CONSUMER_DOCKERFILE, AIRFLOW_DOCKERFILE)
+#: ... and the monitoring images' (tests/unit/test_dashboard_image.py checks their contents).
+MONITORING_DOCKERFILES = (
+    ROOT / "dashboard" / "Dockerfile",
+    ROOT / "prometheus" / "exporters.Dockerfile",
+)
+PROMETHEUS_CONFIG = ROOT / "prometheus" / "prometheus-compose.yml"
 
 #: Variables that hold secrets: referenced only as ${VAR:?message} and shipped as placeholders.
-SECRET_VARIABLES = ("POSTGRES_PASSWORD", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET")
+SECRET_VARIABLES = (
+    "POSTGRES_PASSWORD",
+    "PIPELINE_WRITER_PASSWORD",
+    "PIPELINE_DAG_PASSWORD",
+    "PIPELINE_ANALYST_PASSWORD",
+    "REDIS_PASSWORD",
+    "AIRFLOW_DB_PASSWORD",
+    "AIRFLOW_ADMIN_PASSWORD",
+    "AIRFLOW_JWT_SECRET",
+    "AIRFLOW_FERNET_KEY",
+)
+#: The secrets each service may receive (least privilege, docs/architecture.md roles).
+AIRFLOW_SECRETS = {"AIRFLOW_FERNET_KEY", "AIRFLOW_DB_PASSWORD", "AIRFLOW_JWT_SECRET"}
+SECRETS_OF = {
+    "postgres": {"POSTGRES_PASSWORD"},
+    "db-migrate": {
+        "POSTGRES_PASSWORD",
+        "PIPELINE_WRITER_PASSWORD",
+        "PIPELINE_DAG_PASSWORD",
+        "PIPELINE_ANALYST_PASSWORD",
+        "AIRFLOW_DB_PASSWORD",
+    },
+    "redis": {"REDIS_PASSWORD"},
+    "consumer": {"PIPELINE_WRITER_PASSWORD", "REDIS_PASSWORD"},
+    "airflow-init": AIRFLOW_SECRETS | {"AIRFLOW_ADMIN_PASSWORD", "PIPELINE_DAG_PASSWORD"},
+    "airflow-api-server": AIRFLOW_SECRETS,
+    "airflow-scheduler": AIRFLOW_SECRETS,
+    "airflow-dag-processor": AIRFLOW_SECRETS,
+    # the monitoring: the read-only analyst, and Redis' password for its exporter
+    "postgres-exporter": {"PIPELINE_ANALYST_PASSWORD"},
+    "redis-exporter": {"REDIS_PASSWORD"},
+    "dashboard": {"PIPELINE_ANALYST_PASSWORD"},
+}
 
 #: The local stack's parts, each with the compose service(s) that stand for it.
 LOCAL_STACK_SERVICES = {
@@ -62,7 +103,7 @@ LOCAL_STACK_SERVICES = {
     "producer": {"producer"},
     "Airflow": {"airflow-init", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor"},
 }
-ONE_SHOT_SERVICES = {"kafka-init", "airflow-init"}
+ONE_SHOT_SERVICES = {"db-migrate", "kafka-init", "airflow-init"}
 
 _VARIABLE = re.compile(
     r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<arg>[^}]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))"
@@ -120,13 +161,30 @@ def normalize(distribution: str) -> str:
 
 
 def raw_compose_text() -> str:
-    return COMPOSE_FILE.read_text(encoding="utf-8")
+    """Both compose files: the stack and its demo override."""
+    return COMPOSE_FILE.read_text(encoding="utf-8") + DEMO_FILE.read_text(encoding="utf-8")
 
 
-def load_compose() -> dict[str, Any]:
-    document = yaml.safe_load(raw_compose_text())
-    assert isinstance(document, dict), "docker-compose.yaml is not a mapping"
+def load_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(document, dict), f"{path.name} is not a mapping"
     return document
+
+
+def merge(base: Any, override: Any) -> Any:
+    """Compose's merge of an override file, for what these files use: mappings merge key by
+    key, anything else (command, lists) is replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = merge(base[key], value) if key in base else value
+        return merged
+    return override
+
+
+def demo_compose() -> dict[str, Any]:
+    """docker-compose.yaml with docker-compose.demo.yaml on top, as `-f a -f b` merges them."""
+    return merge(load_compose(), load_compose(DEMO_FILE))
 
 
 def interpolate(value: str, env: Mapping[str, str]) -> str:
@@ -165,9 +223,18 @@ def resolve(node: Any, env: Mapping[str, str]) -> Any:
     return node
 
 
-def resolved_compose() -> dict[str, Any]:
+#: Secrets .env.example leaves empty (the stack generates them): compose refuses an empty one.
+EMPTY_SECRETS = {"AIRFLOW_FERNET_KEY"}
+
+
+def env_example_with_secrets() -> dict[str, str]:
+    """.env.example's values, an empty secret given a stand-in value as dotenv would."""
     values, _ = read_env_example()
-    return resolve(load_compose(), values)
+    return {**values, **{name: "generated-" + name for name in EMPTY_SECRETS if not values[name]}}
+
+
+def resolved_compose() -> dict[str, Any]:
+    return resolve(load_compose(), env_example_with_secrets())
 
 
 def variables_used(text: str) -> dict[str, set[str]]:
@@ -255,13 +322,16 @@ def test_secrets_are_required_and_shipped_as_placeholders() -> None:
         assert used[name] == {":?"}, (
             f"{name} must be referenced as ${{{name}:?message}}, found {used[name]}"
         )
+        if name in EMPTY_SECRETS:
+            assert values.get(name) == "", f"{name}: .env.example leaves it empty (generated)"
+            continue
         assert "change-me" in values.get(name, ""), (
             f".env.example must ship {name} as a change-me placeholder"
         )
 
 
 def test_compose_fails_with_a_message_when_a_secret_is_missing() -> None:
-    values, _ = read_env_example()
+    values = env_example_with_secrets()
     without_password = {key: value for key, value in values.items() if key != "POSTGRES_PASSWORD"}
     with pytest.raises(ValueError, match="POSTGRES_PASSWORD"):
         resolve(load_compose(), without_password)
@@ -357,32 +427,51 @@ def test_ports_published_are_the_ones_env_example_names() -> None:
         "airflow-api-server": (values["AIRFLOW_PORT"], "8080"),
         "producer": (values["PRODUCER_METRICS_PORT"], "9108"),
         "consumer": (values["CONSUMER_METRICS_PORT"], "9109"),
+        "dashboard": (values["DASHBOARD_PORT"], "8501"),
+        "prometheus": (values["PROMETHEUS_PORT"], "9090"),
     }
     for name, (host_port, container_port) in expected.items():
         assert f"127.0.0.1:{host_port}:{container_port}" in compose[name]["ports"], name
     assert values["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1] == values["KAFKA_PORT"]
 
 
-def test_init_sql_is_mounted_into_the_postgres_entrypoint() -> None:
+def test_init_sql_reaches_an_existing_volume_through_db_migrate() -> None:
+    """init.sql runs on every start (db-migrate), not only on an empty volume (initdb)."""
     assert (ROOT / "init.sql").is_file()
-    volumes = services()["postgres"].get("volumes", [])
-    mounts = [v for v in volumes if isinstance(v, str) and v.split(":")[0] == "./init.sql"]
-    assert mounts, "init.sql is not mounted into the postgres service"
-    target = mounts[0].split(":")[1]
-    assert target.startswith("/docker-entrypoint-initdb.d/") and target.endswith(".sql")
+    compose = services()
+    postgres_mounts = [v for v in compose["postgres"].get("volumes", []) if isinstance(v, str)]
+    assert not [v for v in postgres_mounts if "/docker-entrypoint-initdb.d" in v], (
+        "initdb scripts run on an empty volume only: apply the schema in db-migrate"
+    )
+    migrate = compose["db-migrate"]
+    assert migrate["image"] == compose["postgres"]["image"], "psql of the same server version"
+    assert "./init.sql:/migrations/init.sql:ro" in migrate["volumes"]
+    script = "\n".join(migrate["command"])
+    assert "-f /migrations/init.sql" in script and "ON_ERROR_STOP=1" in script
+    for dependent in ("consumer", "airflow-init"):
+        assert compose[dependent]["depends_on"]["db-migrate"] == {
+            "condition": "service_completed_successfully"
+        }, dependent
 
 
-def test_airflow_metadata_database_is_created_before_init_sql() -> None:
-    compose = load_compose()
-    postgres = compose["services"]["postgres"]
-    targets = {c["source"]: c["target"] for c in postgres.get("configs", [])}
-    assert "airflow-database" in targets
-    content = compose["configs"]["airflow-database"]["content"]
-    assert re.search(r"create database airflow\b", content, re.IGNORECASE)
-    init_target = next(v.split(":")[1] for v in postgres["volumes"] if v.startswith("./init.sql:"))
-    assert (
-        Path(targets["airflow-database"]).name < Path(init_target).name
-    )  # the entrypoint sorts by name
+def test_db_migrate_gives_every_role_its_login_from_psql_variables() -> None:
+    """The login roles of docs/architecture.md get their .env passwords as psql variables
+    (:'var' quoting, so any character works), and `airflow` owns the metadata database."""
+    migrate = services()["db-migrate"]
+    script = "\n".join(migrate["command"])
+    env = environment(migrate)
+    for role, variable in (
+        ("pipeline_writer", "PIPELINE_WRITER_PASSWORD"),
+        ("pipeline_dag", "PIPELINE_DAG_PASSWORD"),
+        ("pipeline_analyst", "PIPELINE_ANALYST_PASSWORD"),
+        ("airflow", "AIRFLOW_DB_PASSWORD"),
+    ):
+        psql_variable = re.search(rf'-v (\w+)="\$\${variable}"', script)
+        assert psql_variable, f"{variable} is not handed to psql as a variable"
+        assert f"alter role {role} with login password :'{psql_variable.group(1)}';" in script
+        assert env[variable] == f"${{{variable}:?set {variable} in .env}}"
+    assert "create database airflow owner airflow" in script
+    assert migrate.get("restart") == "no"
 
 
 def test_every_python_module_a_service_runs_exists() -> None:
@@ -544,7 +633,8 @@ def test_app_images_use_the_locked_python() -> None:
 #: addresses, sockets, data directories, listeners): compose sets these its own way.
 LOCAL_ONLY_SETTINGS = {
     "postgresql.conf": {"listen_addresses", "unix_socket_directories", "port"},
-    "redis.conf": {"bind", "protected-mode", "port", "dir", "daemonize"},
+    # include: the local password file (requirepass REDIS_PASSWORD); compose passes --requirepass
+    "redis.conf": {"bind", "protected-mode", "port", "dir", "daemonize", "include"},
     "server.properties": {
         "listeners",
         "advertised.listeners",
@@ -583,6 +673,9 @@ def test_postgres_server_settings_match_the_local_stack() -> None:
 def test_redis_server_settings_match_the_local_stack() -> None:
     command = services()["redis"]["command"]
     assert command[0] == "redis-server"
+    # The password (compose only, so far) aside, the settings are the local redis.conf's.
+    assert command[-2:] == ["--requirepass", "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}"]
+    command = command[:-2]
     compose: dict[str, str] = {}
     key = ""
     for arg in command[1:]:
@@ -608,17 +701,22 @@ def test_topics_and_partitions_match_env_example_and_the_local_stack() -> None:
     values, _ = read_env_example()
     command = "\n".join(resolved_compose()["services"]["kafka-init"]["command"])
     created = {
-        match.group(1): int(match.group(2))
-        for match in re.finditer(r"--topic (\S+) --partitions (\d+)", command)
+        match.group(1): (int(match.group(2)), bool(match.group(3)))
+        for match in re.finditer(
+            r"--topic (\S+) --partitions (\d+)( --config cleanup\.policy=compact)?", command
+        )
     }
     stack = STACK_SCRIPT.read_text(encoding="utf-8")
-    local_specs = re.findall(r'"\$(KAFKA_TOPIC_[A-Z]+):(\$KAFKA_TOPIC_PARTITIONS|\d+)"', stack)
+    local_specs = re.findall(
+        r'"\$(KAFKA_TOPIC_[A-Z]+):(\$KAFKA_TOPIC_PARTITIONS|\d+)(:compact)?"', stack
+    )
     assert local_specs, 'scripts/stack.sh: no ensure-topics "$KAFKA_TOPIC_X:N" arguments found'
     expected = {
-        values[variable]: int(values["KAFKA_TOPIC_PARTITIONS"])
-        if count.startswith("$")
-        else int(count)
-        for variable, count in local_specs
+        values[variable]: (
+            int(values["KAFKA_TOPIC_PARTITIONS"]) if count.startswith("$") else int(count),
+            bool(compact),
+        )
+        for variable, count, compact in local_specs
     }
     assert created == expected
     assert (
@@ -641,16 +739,18 @@ def test_apps_reach_the_services_by_their_in_network_addresses() -> None:
     assert host_side == values["KAFKA_BOOTSTRAP_SERVERS"], (
         "host clients use the same bootstrap as the local stack"
     )
-    for name in ("producer", "producer-demo", "consumer", "airflow-scheduler"):
+    for name in ("producer", "consumer"):
         assert environment(compose[name])["KAFKA_BOOTSTRAP_SERVERS"] == in_network, name
-    for name in ("consumer", "airflow-scheduler"):
-        env = environment(compose[name])
-        assert (env["POSTGRES_HOST"], env["POSTGRES_PORT"]) == ("postgres", "5432"), name
-        assert (env["REDIS_HOST"], env["REDIS_PORT"]) == ("redis", "6379"), name
-        assert (
-            env["POSTGRES_DB"] == values["POSTGRES_DB"]
-            and env["POSTGRES_USER"] == values["POSTGRES_USER"]
-        )
+    env = environment(compose["consumer"])
+    assert (env["POSTGRES_HOST"], env["POSTGRES_PORT"]) == ("postgres", "5432")
+    assert (env["REDIS_HOST"], env["REDIS_PORT"]) == ("redis", "6379")
+    assert env["POSTGRES_DB"] == values["POSTGRES_DB"]
+    # Its own least-privileged role, not the owner (docs/architecture.md).
+    assert (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"]) == (
+        "pipeline_writer",
+        values["PIPELINE_WRITER_PASSWORD"],
+    )
+    assert env["REDIS_PASSWORD"] == values["REDIS_PASSWORD"]
     assert environment(compose["producer"])["PRODUCER_METRICS_PORT"] == "9108"
     assert environment(compose["consumer"])["CONSUMER_METRICS_PORT"] == "9109"
 
@@ -658,7 +758,7 @@ def test_apps_reach_the_services_by_their_in_network_addresses() -> None:
 @pytest.mark.parametrize(
     ("app", "prefix", "names"),
     [
-        ("producer_app", "PRODUCER_", ("producer", "producer-demo")),
+        ("producer_app", "PRODUCER_", ("producer",)),
         ("consumer_app", "CONSUMER_", ("consumer",)),
     ],
     ids=["producer", "consumer"],
@@ -678,14 +778,15 @@ def test_every_app_knob_reaches_its_service(app: str, prefix: str, names: tuple[
 
 
 def test_services_get_only_the_secrets_they_use() -> None:
-    compose = services()
-    for name in ("producer", "producer-demo", "replay", "kafka", "kafka-init", "redis"):
-        env = environment(compose[name])
-        leaked = sorted(set(env) & {*SECRET_VARIABLES, "AIRFLOW_CONN_PIPELINE_POSTGRES"})
-        assert not leaked, f"{name} receives secrets it does not use: {leaked}"
-        assert "env_file" not in compose[name], (
-            f"{name}: env_file would hand it every secret of .env"
-        )
+    merged = demo_compose()["services"]
+    for name, service in merged.items():
+        used = set(variables_used(json.dumps(service))) & set(SECRET_VARIABLES)
+        extra = sorted(used - SECRETS_OF.get(name, set()))
+        assert not extra, f"{name} receives secrets it does not use: {extra}"
+        assert "env_file" not in service, f"{name}: env_file would hand it every secret of .env"
+    assert "AIRFLOW_CONN_PIPELINE_POSTGRES" not in raw_compose_text(), (
+        "the DAG's connection lives in the metadata DB (airflow-init), encrypted"
+    )
 
 
 def test_airflow_services_share_one_image_the_dags_and_the_connection() -> None:
@@ -695,6 +796,9 @@ def test_airflow_services_share_one_image_the_dags_and_the_connection() -> None:
     assert len({compose[name]["image"] for name in airflow}) == 1
     init_command = "\n".join(compose["airflow-init"]["command"])
     assert "airflow db migrate" in init_command
+    # The DAG's connection: role pipeline_dag, stored (Fernet-encrypted) by airflow-init.
+    assert 'conn_id="pipeline_postgres"' in init_command and 'login="pipeline_dag"' in init_command
+    assert 'password=os.environ["PIPELINE_DAG_PASSWORD"]' in init_command
     assert compose["airflow-api-server"]["command"] == "api-server"
     assert compose["airflow-scheduler"]["command"] == "scheduler"
     assert compose["airflow-dag-processor"]["command"] == "dag-processor"
@@ -702,19 +806,15 @@ def test_airflow_services_share_one_image_the_dags_and_the_connection() -> None:
         env = environment(compose[name])
         assert "./airflow/dags:/opt/airflow/dags:ro" in compose[name]["volumes"], name
         assert compose[name]["user"] == f"{values['AIRFLOW_UID']}:0", name
-        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@postgres:5432/airflow")
-        connection = json.loads(env["AIRFLOW_CONN_PIPELINE_POSTGRES"])
-        assert connection == {
-            "conn_type": "postgres",
-            "host": "postgres",
-            "port": 5432,
-            "schema": values["POSTGRES_DB"],
-            "login": values["POSTGRES_USER"],
-            "password": values["POSTGRES_PASSWORD"],
-        }
+        # The metadata DB as role airflow; the URL percent-encodes the password in the container.
+        conn_cmd = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD"]
+        assert "postgresql+psycopg2://airflow:" in conn_cmd and "@postgres:5432/airflow" in conn_cmd
+        assert 'u.quote(os.environ["AIRFLOW_DB_PASSWORD"], safe="")' in conn_cmd
         assert env["RAW_RETENTION_DAYS"] == values["RAW_RETENTION_DAYS"]
         assert env["BINANCE_SYMBOLS"] == values["BINANCE_SYMBOLS"]
         assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == values["AIRFLOW_JWT_SECRET"]
+        assert env["AIRFLOW__CORE__FERNET_KEY"] == env_example_with_secrets()["AIRFLOW_FERNET_KEY"]
+        assert not {"POSTGRES_USER", "POSTGRES_PASSWORD"} & set(env), f"{name}: owner login"
 
 
 def test_airflow_settings_in_compose_are_real_airflow_options() -> None:
@@ -725,11 +825,14 @@ def test_airflow_settings_in_compose_are_real_airflow_options() -> None:
     options = yaml.safe_load(template.read_text(encoding="utf-8"))
     used = set(re.findall(r"AIRFLOW__([A-Z0-9_]+?)__([A-Z0-9_]+)", raw_compose_text()))
     assert used
-    unknown = sorted(
-        f"{section}__{key}"
-        for section, key in used
-        if key.lower() not in (options.get(section.lower()) or {}).get("options", {})
-    )
+
+    def known(section: str, key: str) -> bool:
+        section_options = (options.get(section.lower()) or {}).get("options", {})
+        # OPTION_CMD / OPTION_SECRET: the value comes from a command (sensitive options).
+        base = re.sub(r"_(CMD|SECRET)$", "", key)
+        return key.lower() in section_options or (base != key and base.lower() in section_options)
+
+    unknown = sorted(f"{section}__{key}" for section, key in used if not known(section, key))
     assert not unknown, f"not options of Airflow {lock_versions()['apache-airflow']}: {unknown}"
 
 
@@ -821,8 +924,8 @@ def test_env_example_values_equal_the_apps_own_defaults(
     # Active lines and the defaults documented on commented-out lines alike.
     documented_values = {**read_env_example_optional(), **values}
     for name in names & set(documented_values):
-        if name in SECRET_VARIABLES:
-            continue
+        if name in SECRET_VARIABLES or documented_values[name].startswith("change-me"):
+            continue  # a placeholder secret is not a default
         monkeypatch.setenv(name, documented_values[name])
     from_env_example = settings_class(_env_file=None)
     differing = {
@@ -965,6 +1068,8 @@ def test_airflow_image_installs_what_the_dags_import() -> None:
             needed = {normalize(f"apache-airflow-providers-{provider}")}
         elif module.split(".")[0] == "airflow":
             continue  # airflow core and the task SDK: the image itself, at the lock's version
+        elif (dags / module.split(".")[0]).is_dir():
+            continue  # a helper package beside the DAGs (airflow/dags/warehouse_checks/)
         else:
             needed = _distributions_of(module)
         if not needed & installed:
@@ -978,25 +1083,121 @@ def test_dockerignore_keeps_secrets_and_local_data_out_of_the_build_context() ->
 
 
 # ------------------------------------------------------------------ docker compose itself
-def _docker_compose() -> str | None:
-    """Path of the docker CLI when its `compose` plugin answers, else None."""
+def _docker_compose() -> list[str] | None:
+    """The compose CLI: the `docker compose` plugin, or the one scripts/docker-engine.sh built."""
     docker = shutil.which("docker")
-    if docker is None or run_tool(docker, "compose", "version").returncode != 0:
-        return None
-    return docker
+    if docker is not None and run_tool(docker, "compose", "version").returncode == 0:
+        return [docker, "compose"]
+    built = ROOT / ".local" / "docker" / "bin" / "docker-compose"
+    return [str(built)] if built.is_file() else None
 
 
-def test_docker_compose_config_validates_the_file() -> None:
-    docker = _docker_compose()
-    if docker is None:
-        pytest.skip("the `docker compose` CLI plugin is not installed; the static checks still ran")
-    base = ("compose", "-f", str(COMPOSE_FILE), "--env-file", str(ENV_EXAMPLE))
-    result = run_tool(docker, *base, "config", "-q")
+def test_docker_compose_config_validates_the_file(tmp_path: Path) -> None:
+    compose = _docker_compose()
+    if compose is None:
+        pytest.skip("no Docker Compose CLI installed; the static checks still ran")
+    env_file = tmp_path / "example.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env_example_with_secrets().items()))
+    base = ("--env-file", str(env_file), "-f", str(COMPOSE_FILE))
+    result = run_tool(*compose, *base, "config", "-q")
     assert result.returncode == 0, result.stderr
-    profiles = run_tool(docker, *base, "--profile", "demo", "config", "--services")
-    assert profiles.returncode == 0, profiles.stderr
-    listed = set(profiles.stdout.split())
-    assert set().union(*LOCAL_STACK_SERVICES.values()) | {"replay", "producer-demo"} <= listed
+    demo = run_tool(*compose, *base, "-f", str(DEMO_FILE), "config", "--format", "json")
+    assert demo.returncode == 0, demo.stderr
+    listed = set(json.loads(demo.stdout)["services"])
+    assert set().union(*LOCAL_STACK_SERVICES.values()) | {"replay", "db-migrate"} <= listed
+    # What compose itself merges agrees with this file's reading of the demo.
+    merged = json.loads(demo.stdout)["services"]
+    assert merged["producer"]["environment"]["BINANCE_WS_URL"] == "ws://replay:9443"
+    assert merged["airflow-scheduler"]["environment"]["BINANCE_SYMBOLS"] == "BTCUSDT"
+
+
+# ------------------------------------------------------------------ the demo (issue 15 fixes)
+def recording_symbols(path: Path) -> set[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as frames:
+        return {json.loads(line)["data"]["s"].upper() for line in frames if line.strip()}
+
+
+def test_the_demo_expects_the_symbols_its_recording_holds() -> None:
+    """Producer and Airflow (the DAG's expected symbols and REST endpoint) get the replay."""
+    values, _ = read_env_example()
+    assert recording_symbols(ROOT / values["DEMO_RECORDING"]) == set(
+        values["DEMO_SYMBOLS"].split(",")
+    ), "DEMO_SYMBOLS of .env.example must be the bundled recording's symbols"
+    merged = resolve(demo_compose(), env_example_with_secrets())["services"]
+    for name in ("producer", "airflow-scheduler", "airflow-dag-processor"):
+        env = environment(merged[name])
+        assert env["BINANCE_SYMBOLS"] == values["DEMO_SYMBOLS"], name
+        assert env["BINANCE_REST_URL"] == "http://replay:9443", name
+    assert environment(merged["producer"])["BINANCE_WS_URL"] == "ws://replay:9443"
+    assert merged["producer"]["depends_on"]["replay"] == {"condition": "service_healthy"}
+    # The replay service refuses a DEMO_SYMBOLS that is not its recording's.
+    assert "DEMO_SYMBOLS" in "".join(merged["replay"]["command"])
+
+
+def test_no_two_services_publish_the_same_host_port() -> None:
+    """Live and demo: the demo used to run a second producer on the same metrics port."""
+    values = env_example_with_secrets()
+    for document in (load_compose(), demo_compose()):
+        published: dict[str, str] = {}
+        for name, service in resolve(document, values)["services"].items():
+            for port in service.get("ports", []):
+                host = ":".join(str(port).split(":")[:2])
+                assert host not in published, f"{name} and {published.get(host)} publish {host}"
+                published[host] = name
+
+
+def test_the_producer_may_drain_before_compose_kills_it() -> None:
+    """stop_grace_period > the producer's flush timeout (compose's default is 10 s)."""
+    from producer_app.config import ProducerSettings
+
+    flush_s = ProducerSettings.model_fields["producer_flush_timeout_s"].default
+    grace = services()["producer"].get("stop_grace_period", "10s")
+    match = re.fullmatch(r"(\d+)s", grace)
+    assert match, f"stop_grace_period {grace!r}: write it in seconds"
+    assert int(match.group(1)) > flush_s + 5, f"{grace} vs PRODUCER_FLUSH_TIMEOUT_S {flush_s}"
+
+
+# ------------------------------------------------------------------ same-tag stand-ins
+def named_images() -> set[str]:
+    """Every image the compose files run and the project's Dockerfiles start FROM."""
+    images = {
+        service["image"]
+        for document in (load_compose(), load_compose(DEMO_FILE))
+        for service in document["services"].values()
+        if "image" in service and "build" not in service
+    }
+    images |= {
+        image
+        for path in (*DOCKERFILES, *MONITORING_DOCKERFILES)
+        for image in dockerfile_from_lines(path)
+    }
+    return images
+
+
+def test_every_image_has_a_same_tag_stand_in() -> None:
+    """A folder per image (named after its repository), its bases covered too, and the
+    stand-ins README naming each; docker/standins/build.sh builds them when pulls fail."""
+    readme = (STANDINS / "README.md").read_text(encoding="utf-8")
+    pending = set(named_images())
+    seen: set[str] = set()
+    while pending:
+        image = pending.pop()
+        seen.add(image)
+        folder = STANDINS / image.split(":")[0].rsplit("/", 1)[-1]
+        assert (folder / "Dockerfile").is_file() or (folder / "build.sh").is_file(), image
+        assert f"`{image.split(':')[0]}`" in readme, f"docker/standins/README.md: {image}"
+        if (folder / "Dockerfile").is_file():
+            pending |= set(dockerfile_from_lines(folder / "Dockerfile")) - seen
+    assert {"debian:bookworm-slim", "postgres:15.18-bookworm", "apache/kafka:4.1.1"} <= seen
+
+
+def test_postgres_and_redis_stand_ins_install_the_tag_version() -> None:
+    """The Debian package at the compose pin's version, or no image at all."""
+    for folder, package in (("postgres", "postgresql-${major}"), ("redis", "redis-server")):
+        dockerfile = (STANDINS / folder / "Dockerfile").read_text(encoding="utf-8")
+        assert "apt-cache madison" in dockerfile and '-v v="${VERSION}"' in dockerfile, folder
+        assert f'"{package}=${{revision}}"' in dockerfile, folder
+        assert "exit 1" in dockerfile, f"{folder}: must fail when Debian lacks the version"
 
 
 def iter_strings(node: Any) -> Iterator[str]:
@@ -1013,3 +1214,118 @@ def iter_strings(node: Any) -> Iterator[str]:
 def test_no_service_binds_a_published_port_to_all_interfaces() -> None:
     for text in iter_strings(resolved_compose()["services"]):
         assert not re.match(r"^0\.0\.0\.0:\d+:\d+$", text), text
+
+
+# ------------------------------------------------------------------ monitoring, DAG, Spark
+def pgpass_entries(text: str) -> list[list[str]]:
+    """libpq's reading of a password file: five `:`-separated fields a line, `\\` escapes."""
+    entries = []
+    for line in text.splitlines():
+        fields: list[str] = []
+        current, chars = "", iter(line)
+        for char in chars:
+            if char == "\\":
+                current += next(chars, "")
+            elif char == ":" and len(fields) < 4:
+                fields.append(current)
+                current = ""
+            else:
+                current += char
+        entries.append([*fields, current])
+    return entries
+
+
+def test_the_dashboard_and_the_exporters_log_in_with_least_privilege() -> None:
+    """The dashboard and the PostgreSQL exporter as the read-only analyst (never the owner),
+    the Redis exporter with Redis' password; none before db-migrate gave the analyst its login."""
+    compose = resolved_compose()["services"]
+    values = env_example_with_secrets()
+    dashboard = environment(compose["dashboard"])
+    assert (dashboard["POSTGRES_USER"], dashboard["POSTGRES_PASSWORD"]) == (
+        "pipeline_analyst",
+        values["PIPELINE_ANALYST_PASSWORD"],
+    )
+    exporter = environment(compose["postgres-exporter"])
+    dsn = exporter["DATA_SOURCE_NAME"]
+    assert dsn.startswith("postgresql://pipeline_analyst@postgres:5432/"), dsn
+    assert not {"DATA_SOURCE_PASS", "DATA_SOURCE_USER", "DATA_SOURCE_URI"} & set(exporter), (
+        "exporter 0.11 calls a DATA_SOURCE_PASS with quotes or backslashes a malformed dsn"
+    )
+    assert "export PGPASSFILE=" in "".join(compose["postgres-exporter"]["command"])
+    assert environment(compose["redis-exporter"])["REDIS_PASSWORD"] == values["REDIS_PASSWORD"]
+    for name in ("dashboard", "postgres-exporter"):
+        assert compose[name]["depends_on"]["db-migrate"] == {
+            "condition": "service_completed_successfully"
+        }, name
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX sh")
+def test_the_exporters_password_file_carries_any_password(tmp_path: Path) -> None:
+    """The PostgreSQL exporter's start script, run by sh with a password holding what libpq's
+    password file must escape, writes a file libpq reads back as that very password."""
+    password = "an\\alyst q'\" @:/%# :tail\\"  # noqa: S105 - a test value, not a secret
+    passfile = tmp_path / "pgpass"
+    service = load_compose()["services"]["postgres-exporter"]
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    script = interpolate(service["command"][0], {}).replace("/tmp/pgpass", str(passfile))  # noqa: S108
+    script = re.sub(r"exec prometheus-postgres-exporter.*", 'cat "$PGPASSFILE"', script, flags=re.S)
+    result = subprocess.run(  # noqa: S603 - the compose file's own script, fixed arguments
+        ["/bin/sh", "-c", script],
+        env={"PATH": "/usr/bin:/bin", "PIPELINE_ANALYST_PASSWORD": password},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert pgpass_entries(passfile.read_text()) == [["*", "*", "*", "pipeline_analyst", password]]
+    assert passfile.stat().st_mode & 0o077 == 0, "libpq ignores a password file others can read"
+
+
+def test_prometheus_scrapes_services_of_the_compose_file_on_their_ports() -> None:
+    """Each scrape target is a service of the stack (live and demo) on the port it listens on."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    listens = {
+        "producer": "9108",
+        "consumer": "9109",
+        "postgres-exporter": "9187",
+        "redis-exporter": "9121",
+    }
+    for document in (resolved_compose(), resolve(demo_compose(), env_example_with_secrets())):
+        names = set(document["services"])
+        targets = {
+            target
+            for job in config["scrape_configs"]
+            for static in job.get("static_configs", [])
+            for target in static["targets"]
+        }
+        assert {job["job_name"] for job in config["scrape_configs"]} == {
+            "producer", "consumer", "postgres", "redis",
+        }  # fmt: skip
+        assert all("static_configs" in job for job in config["scrape_configs"]), config
+        for target in targets:
+            host, port = target.rsplit(":", 1)
+            assert host in names, f"{target}: no service {host}"
+            assert listens[host] == port, target
+        joined = " ".join(iter_strings(document["services"]["producer"]))
+        assert "9108" in joined and "9109" in " ".join(
+            iter_strings(document["services"]["consumer"])
+        )
+
+
+def test_the_dag_in_compose_follows_the_candles_rules() -> None:
+    """No start date of compose's own (the DAG's default: none, no catch-up); the demo has no
+    schedule and reconciles with the replay; the REST refill reaches Kafka in the network."""
+    base = resolved_compose()["services"]
+    demo = resolve(demo_compose(), env_example_with_secrets())["services"]
+    for name in ("airflow-scheduler", "airflow-dag-processor", "airflow-api-server"):
+        live, replay = environment(base[name]), environment(demo[name])
+        assert live.get("DAILY_SUMMARY_START_DATE", "") == "", f"{name}: a start date"
+        assert live.get("DAILY_SUMMARY_SCHEDULE", "") == "", f"{name}: the DAG's own schedule"
+        assert replay["DAILY_SUMMARY_SCHEDULE"] == "none", name
+        assert replay["BINANCE_REST_URL"] == "http://replay:9443", name
+        assert live["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:19092", name
+        assert live["KAFKA_TOPIC_PRICES"] == env_example_with_secrets()["KAFKA_TOPIC_PRICES"]
+
+
+def test_the_spark_master_takes_no_rest_submissions() -> None:
+    """Spark 4.2 starts an unauthenticated submission server on 6066 unless told not to."""
+    env = environment(resolved_compose()["services"]["spark-master"])
+    assert "-Dspark.master.rest.enabled=false" in env.get("SPARK_MASTER_OPTS", "").split()

@@ -74,3 +74,17 @@ def test_rows_follow_the_raw_prices_copy_order_of_the_contract() -> None:
         "received_at",
         "source",
     )
+
+
+def test_the_consumer_accepts_the_decimals_and_times_the_producer_writes() -> None:
+    from consumer_app import validation
+    from producer_app import parser
+
+    # the consumer may not import producer_app: its copies of the producer's rules are
+    # checked here (validation.py refuses what the producer would never write)
+    assert validation.DECIMAL_REGEX == f"^{events.DECIMAL_PATTERN}$"
+    # the parser's window: ms from _MIN_TIME, µs up to _MAX_TIME
+    assert validation.MIN_TIME_US == parser._MIN_TIME * 1000
+    assert validation.MAX_TIME_US == parser._MAX_TIME
+    assert validation.STREAMS == (events.STREAM_TRADE, events.STREAM_MINI_TICKER)
+    assert validation.SOURCES == (events.SOURCE_WS, events.SOURCE_REST)

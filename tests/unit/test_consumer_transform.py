@@ -6,9 +6,6 @@ never computed by the code under test. A local SparkSession, no services.
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Iterator
 from decimal import Decimal
 
 import orjson
@@ -17,27 +14,18 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from consumer_app.schema import PRICE_CHANGE_PCT_TYPE, PRICE_CHANGE_TYPE, PRICE_TYPE
-from consumer_app.transform import LastPrice, transform_batch
+from consumer_app.transform import (
+    LastPrice,
+    StateKey,
+    rejected_rows,
+    stored_rows,
+    transform_batch,
+)
+from consumer_app.validation import TimeBounds
 
 pytestmark = pytest.mark.unit
 
 BASE_US = 1_741_046_401_271_497  # 2025-03-04 00:00:01.271497 UTC, a real TRXUSDT trade time
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[SparkSession]:
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("test_consumer_transform")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.ui.enabled", "false")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
 
 
 def trade(symbol: str, trade_id: int, time_us: int, price: str, quantity: str = "1.5") -> bytes:
@@ -57,8 +45,27 @@ def trade(symbol: str, trade_id: int, time_us: int, price: str, quantity: str = 
     )
 
 
+KAFKA_SCHEMA = (
+    "key binary, value binary, topic string, partition int, offset bigint, timestamp timestamp"
+)
+# the consumer's clock a minute after BASE_US; times may lie an hour ahead
+BOUNDS = TimeBounds(now_us=BASE_US + 60_000_000, max_ahead_us=3_600_000_000)
+
+
 def kafka_batch(spark: SparkSession, values: list[bytes]) -> DataFrame:
-    return spark.createDataFrame([(v,) for v in values], "value binary")
+    """A micro-batch as the Kafka source makes it: one record per value, offsets 0, 1, ..."""
+    import datetime as dt
+
+    stamp = dt.datetime(2025, 3, 4, tzinfo=dt.UTC)
+    return spark.createDataFrame(
+        [(b"TRXUSDT", v, "prices", 0, offset, stamp) for offset, v in enumerate(values)],
+        KAFKA_SCHEMA,
+    )
+
+
+def transform(batch: DataFrame, last_prices: dict[StateKey, LastPrice]) -> DataFrame:
+    """The rows transform_batch stores in staging.raw_prices."""
+    return stored_rows(transform_batch(batch, last_prices, BOUNDS))
 
 
 RESULT_SCHEMA = (
@@ -88,7 +95,7 @@ def test_trades_in_one_millisecond_are_ordered_by_trade_id(spark: SparkSession) 
             trade("TRXUSDT", 11, BASE_US, "0.2313"),
         ],
     )
-    out = transform_batch(batch, {})
+    out = transform(batch, {})
     expected = spark.createDataFrame(
         [
             ("TRXUSDT", 10, None, None, None, False),
@@ -117,7 +124,7 @@ def test_first_event_of_a_batch_takes_the_last_price_passed_in(spark: SparkSessi
         ],
         RESULT_SCHEMA,
     )
-    assertDataFrameEqual(result(transform_batch(batch, state)), expected)
+    assertDataFrameEqual(result(transform(batch, state)), expected)
 
 
 def test_first_event_ever_of_a_symbol_has_no_previous_price(spark: SparkSession) -> None:
@@ -135,7 +142,7 @@ def test_first_event_ever_of_a_symbol_has_no_previous_price(spark: SparkSession)
         ],
         RESULT_SCHEMA,
     )
-    assertDataFrameEqual(result(transform_batch(batch, state)), expected)
+    assertDataFrameEqual(result(transform(batch, state)), expected)
 
 
 def test_late_event_uses_the_last_known_price_and_never_becomes_the_newest(
@@ -159,7 +166,7 @@ def test_late_event_uses_the_last_known_price_and_never_becomes_the_newest(
         ],
         RESULT_SCHEMA,
     )
-    assertDataFrameEqual(result(transform_batch(batch, state)), expected)
+    assertDataFrameEqual(result(transform(batch, state)), expected)
 
 
 def test_batch_of_only_late_events_flags_no_newer_state(spark: SparkSession) -> None:
@@ -171,7 +178,7 @@ def test_batch_of_only_late_events_flags_no_newer_state(spark: SparkSession) -> 
             trade("TRXUSDT", 99, BASE_US - 10, "0.2200"),
         ],
     )
-    rows = transform_batch(batch, state).collect()
+    rows = transform(batch, state).collect()
     assert [
         (r.sequence_id, r.previous_price) for r in sorted(rows, key=lambda r: r.sequence_id)
     ] == [
@@ -194,13 +201,13 @@ def test_duplicates_in_a_batch_are_written_once(spark: SparkSession) -> None:
         ],
         RESULT_SCHEMA,
     )
-    assertDataFrameEqual(result(transform_batch(batch, {})), expected)
+    assertDataFrameEqual(result(transform(batch, {})), expected)
 
 
 def test_percentage_rounds_half_up_at_eight_decimals(spark: SparkSession) -> None:
     # 1 / 2048 * 100 = 0.048828125 exactly: half-up gives ...13 (half-even would give ...12)
     batch = kafka_batch(spark, [trade("X", 1, BASE_US, "2048"), trade("X", 2, BASE_US + 1, "2049")])
-    pct = {r.sequence_id: r.price_change_pct for r in transform_batch(batch, {}).collect()}
+    pct = {r.sequence_id: r.price_change_pct for r in transform(batch, {}).collect()}
     assert pct == {1: None, 2: Decimal("0.04882813")}
 
 
@@ -218,7 +225,7 @@ def test_decimals_with_eighteen_fraction_digits_stay_exact(spark: SparkSession) 
             trade("X", 2, BASE_US + 1, "0.000000000000000003"),
         ],
     )
-    rows = {r.sequence_id: r for r in transform_batch(batch, {}).collect()}
+    rows = {r.sequence_id: r for r in transform(batch, {}).collect()}
     assert rows[1].quantity == Decimal("12345678901234567890.123456789012345678")
     assert rows[2].price_change == Decimal("0.000000000000000002")
     assert rows[2].price_change_pct == Decimal("200")
@@ -240,7 +247,7 @@ def test_ticker_uses_event_time_and_keys_apart_from_trades(spark: SparkSession) 
         }
     )
     state = {("TRXUSDT", "trade"): LastPrice(Decimal("0.1"), BASE_US - 1, 1)}
-    rows = transform_batch(kafka_batch(spark, [ticker]), state).collect()
+    rows = transform(kafka_batch(spark, [ticker]), state).collect()
     assert len(rows) == 1
     assert rows[0].stream == "miniTicker"
     assert rows[0].previous_price is None  # the trade state is another key
@@ -248,27 +255,71 @@ def test_ticker_uses_event_time_and_keys_apart_from_trades(spark: SparkSession) 
     assert rows[0].price_time_us == BASE_US
 
 
-def test_records_that_are_not_events_are_dropped(spark: SparkSession) -> None:
+def test_records_that_are_not_events_are_kept_apart_with_their_reason(
+    spark: SparkSession,
+) -> None:
     good = trade("TRXUSDT", 1, BASE_US, "0.2312")
-    bad = [
-        b"not json",
-        orjson.dumps({"symbol": "TRXUSDT"}),
-        trade("TRXUSDT", 2, BASE_US, "abc"),
-        trade("TRXUSDT", 3, BASE_US, "-1"),
-        trade("TRXUSDT", 5, BASE_US, "123456789012345678901"),  # 21 integer digits: too long
-        trade("TRXUSDT", 6, BASE_US, "1", quantity="1e5x"),
-        orjson.dumps({**orjson.loads(trade("TRXUSDT", 4, BASE_US, "1")), "stream": "depth"}),
-    ]
-    rows = transform_batch(kafka_batch(spark, [good, *bad]), {}).collect()
-    assert [r.sequence_id for r in rows] == [1]
+    bad = {
+        b"not json": "not_an_event",
+        orjson.dumps({"symbol": "TRXUSDT"}): "missing_field",
+        trade("TRXUSDT", 2, BASE_US, "abc"): "bad_decimal",
+        trade("TRXUSDT", 3, BASE_US, "-1"): "bad_decimal",
+        # 21 integer digits: too long
+        trade("TRXUSDT", 5, BASE_US, "123456789012345678901"): "bad_decimal",
+        trade("TRXUSDT", 6, BASE_US, "1", quantity="1e5x"): "bad_decimal",
+        trade("TRXUSDT", 7, BASE_US, "0.000"): "non_positive",
+        orjson.dumps({**orjson.loads(good), "stream": "depth"}): "unknown_stream",
+        orjson.dumps({**orjson.loads(good), "price": 0.2312}): "wrong_type",
+        orjson.dumps({**orjson.loads(good), "symbol": "trxusdt"}): "bad_symbol",
+        orjson.dumps({**orjson.loads(good), "is_buyer_maker": "no"}): "missing_field",
+        orjson.dumps({**orjson.loads(good), "sequence_id": -1}): "bad_id",
+        orjson.dumps({**orjson.loads(good), "source": "replay"}): "bad_source",
+        # a trade time in year 5138 - 1 µs: far more than an hour after its receive time
+        orjson.dumps({**orjson.loads(good), "trade_time_us": 10**17 - 1}): "time_out_of_range",
+        # received "in the future" of the consumer's clock, with an event time to match
+        trade("TRXUSDT", 8, BASE_US + 7_200_000_000, "0.2312"): "time_out_of_range",
+        trade("TRXUSDT", 9, 10**12, "0.2312"): "bad_time",  # milliseconds, not µs
+    }
+    out = transform_batch(kafka_batch(spark, [good, *bad]), {}, BOUNDS)
+    assert [r.sequence_id for r in stored_rows(out).collect()] == [1]
+    rejected = {r.kafka_offset: r for r in rejected_rows(out).collect()}
+    assert {offset: r.reject_reason for offset, r in rejected.items()} == {
+        offset: reason for offset, reason in enumerate(bad.values(), start=1)
+    }
+    for offset, value in enumerate(bad, start=1):
+        assert rejected[offset].kafka_value == value  # the record itself, byte for byte
+        assert rejected[offset].kafka_topic == "prices"
+        assert rejected[offset].kafka_partition == 0
+        assert rejected[offset].reject_detail
+
+
+def test_a_rejected_record_is_nobodys_previous_price(spark: SparkSession) -> None:
+    state = {("TRXUSDT", "trade"): LastPrice(Decimal("0.2300"), BASE_US - 1_000, 9)}
+    future = orjson.dumps(
+        {**orjson.loads(trade("TRXUSDT", 11, BASE_US, "9.9")), "trade_time_us": 10**17 - 1}
+    )
+    batch = kafka_batch(
+        spark,
+        [
+            trade("TRXUSDT", 10, BASE_US, "0.2312"),
+            future,
+            trade("TRXUSDT", 12, BASE_US + 5, "0.2300"),
+        ],
+    )
+    expected = spark.createDataFrame(
+        [
+            ("TRXUSDT", 10, D("0.2300"), D("0.0012"), D("0.52173913"), False),
+            ("TRXUSDT", 12, D("0.2312"), D("-0.0012"), D("-0.51903114"), True),
+        ],
+        RESULT_SCHEMA,
+    )
+    assertDataFrameEqual(result(transform(batch, state)), expected)
 
 
 def test_row_times_are_utc_microseconds(spark: SparkSession) -> None:
     import datetime as dt
 
-    row = transform_batch(
-        kafka_batch(spark, [trade("TRXUSDT", 1, BASE_US, "0.2312")]), {}
-    ).collect()[0]
+    row = transform(kafka_batch(spark, [trade("TRXUSDT", 1, BASE_US, "0.2312")]), {}).collect()[0]
     utc = dt.UTC
     assert row.event_time.replace(tzinfo=utc) == dt.datetime(
         2025, 3, 4, 0, 0, 1, 271497, tzinfo=utc
@@ -284,7 +335,7 @@ def test_prices_beyond_the_percentage_range_keep_an_exact_change_and_null_pct(
     batch = kafka_batch(
         spark, [trade("X", 1, BASE_US, "20000000000"), trade("X", 2, BASE_US + 1, "20000000001.5")]
     )
-    rows = {r.sequence_id: r for r in transform_batch(batch, {}).collect()}
+    rows = {r.sequence_id: r for r in transform(batch, {}).collect()}
     assert rows[2].previous_price == Decimal("20000000000")
     assert rows[2].price_change == Decimal("1.5")
     assert rows[2].price_change_pct is None  # documented limit (schema.py): operands >= 10^10
