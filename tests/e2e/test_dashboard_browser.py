@@ -142,13 +142,24 @@ def no_traceback(page: Page) -> None:
     assert "Traceback" not in text and 'File "' not in text, text[-2000:]
 
 
-def plotly_traces(page: Page, selector: str) -> list[dict[str, Any]]:
-    page.wait_for_selector(f"{selector} .js-plotly-plot .main-svg")
-    traces: list[dict[str, Any]] = page.eval_on_selector(
-        f"{selector} .js-plotly-plot",
-        "el => el.data.map(t => ({type: t.type, x: t.x, open: t.open, high: t.high,"
-        " low: t.low, close: t.close, text: t.text, y: t.y}))",
+def plotly_traces(page: Page, selector: str, points: int | None = None) -> list[dict[str, Any]]:
+    """The chart's traces, read in one step once it has drawn (and, given `points`, once its
+    first trace has that many). Streamlit keeps the Plotly element across a rerun and swaps
+    its data later: under load the 1d chart's container was there while it still held the 1m
+    chart's 360 candles, so reading it at once raced the swap. A chart that never gets there
+    fails on the page timeout."""
+    handle = page.wait_for_function(
+        """([sel, points]) => {
+            const el = document.querySelector(sel);
+            if (!el || !el.querySelector('.main-svg') || !Array.isArray(el.data)) return null;
+            if (!el.data.length || (points !== null && (el.data[0].x || []).length !== points))
+                return null;
+            return el.data.map(t => ({type: t.type, x: t.x, open: t.open, high: t.high,
+                low: t.low, close: t.close, text: t.text, y: t.y}));
+        }""",
+        arg=[f"{selector} .js-plotly-plot", points],
     )
+    traces: list[dict[str, Any]] = handle.json_value()
     return traces
 
 
@@ -186,7 +197,7 @@ def test_the_recordings_day_shows_binances_candle_and_the_warehouses_last_price(
             # the 1m chart first, then the timeframe selector's 1d
             plotly_traces(page, ".st-key-candles-BTCUSDT-1m")
             page.locator(".st-key-candles-timeframe button", has_text=re.compile(r"^1d$")).click()
-            candle, volume = plotly_traces(page, ".st-key-candles-BTCUSDT-1d")
+            candle, volume = plotly_traces(page, ".st-key-candles-BTCUSDT-1d", points=1)
             assert candle["type"] == "candlestick" and volume["type"] == "bar"
             assert len(candle["x"]) == 1 and str(candle["x"][0]).startswith("2020-01-01")
             shown = dict(re.findall(r"([OHLCV]) (\S+)", candle["text"][0]))
